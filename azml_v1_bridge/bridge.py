@@ -1,0 +1,339 @@
+"""One v1 call, end to end on the caller's thread: run v1 (or its stand-in),
+find the run record, translate, snapshot user files, hand the ops to the writer.
+
+Also the process-level hooks a writer needs: exit, SIGTERM, fork, uncaught
+exceptions. Errors here never reach user code unless AZML_V1_BRIDGE_STRICT=1.
+"""
+from __future__ import annotations
+
+import atexit
+import io
+import logging
+import os
+import shutil
+import signal
+import sys
+import threading
+import time
+import uuid
+
+from . import config
+from .deliver import Writer, describe_error
+from .ops import ArtifactFile, Artifact, CreateRun, End, Note, Tag
+from .runs import Registry
+from .translate import TRANSLATORS, Call, NewRun
+
+logger = logging.getLogger("azml_v1_bridge")
+
+# Methods that return only after their data is in MLflow.
+BLOCKING = frozenset(("flush", "complete", "fail", "cancel", "__exit__"))
+
+
+class BridgeError(RuntimeError):
+    """Raised instead of logged when AZML_V1_BRIDGE_STRICT=1."""
+
+
+class State:
+    def __init__(self):
+        self.cfg = config.Config()
+        self.mode = "off"
+        self.registry = Registry()
+        self.writer: Writer | None = None
+        self.pid = os.getpid()
+        self.uncaught = False
+        self.closed = False
+        self.failures = 0
+        self.warned: set = set()
+        self.hooks_installed = False
+
+    def get_writer(self) -> Writer:
+        writer = self.writer
+        if writer is None:
+            writer = self.writer = Writer(self.cfg)
+        return writer
+
+
+STATE = State()
+_local = threading.local()
+
+
+def _failed(kind: str, exc: BaseException) -> None:
+    STATE.failures += 1
+    if STATE.cfg.strict:
+        raise BridgeError(f"azml_v1_bridge {kind} failed: {describe_error(exc)}") from exc
+    if kind not in STATE.warned:
+        STATE.warned.add(kind)
+        logger.warning("azml_v1_bridge: %s failed, the training script goes on: %s "
+                       "(warned once per kind)", kind, describe_error(exc))
+
+
+# ---------------------------------------------------------------- the call
+
+def handle(method: str, wrapped, instance, args, kwargs, standin=None):
+    """The body of every wrapper (see patch.py)."""
+    if getattr(_local, "inside", False):  # v1 calling itself: emit once, at the outer call
+        return wrapped(*args, **kwargs)
+    try:
+        args, kwargs = _prepare(method, args, kwargs)
+    except Exception as exc:
+        _failed("preparing " + method, exc)
+    if STATE.mode == "mlflow":
+        result = standin(instance, *args, **kwargs) if standin is not None else None
+    else:
+        _local.inside = True
+        try:
+            result = wrapped(*args, **kwargs)
+        finally:
+            _local.inside = False
+    try:
+        emit(method, instance, args, kwargs, result)
+    except _UserTypeError as exc:
+        raise exc.error from None
+    except BridgeError:
+        raise
+    except Exception as exc:
+        _failed(method, exc)
+    return result
+
+
+class _UserTypeError(Exception):
+    def __init__(self, error):
+        self.error = error
+
+
+def _prepare(method, args, kwargs):
+    """Make one-shot arguments reusable: v1 and MLflow must see the same values."""
+    if method == "log_list":
+        if len(args) > 1 and not isinstance(args[1], list):
+            args = (args[0], _materialize(args[1])) + tuple(args[2:])
+        elif "value" in kwargs and not isinstance(kwargs["value"], list):
+            kwargs = dict(kwargs, value=_materialize(kwargs["value"]))
+    elif method == "upload_file":
+        if len(args) > 1 and hasattr(args[1], "read"):
+            args = (args[0], _buffer(args[1])) + tuple(args[2:])
+        elif hasattr(kwargs.get("path_or_stream"), "read"):
+            kwargs = dict(kwargs, path_or_stream=_buffer(kwargs["path_or_stream"]))
+    return args, kwargs
+
+
+def _materialize(value):
+    try:
+        return list(value)
+    except TypeError:
+        return value
+
+
+def _buffer(stream):
+    data = stream.read()
+    if isinstance(data, str):
+        data = data.encode("utf-8")
+    return io.BytesIO(data)
+
+
+def emit(method, instance, args, kwargs, result) -> None:
+    mode = STATE.mode
+    if method == "start_logging":
+        record, fresh = None, False
+    else:
+        record, fresh = STATE.registry.record_for(instance, mode)
+        if record.muted:
+            _warn_same_run(record)
+            return
+    call = Call(record.state if record is not None else None, int(time.time() * 1000),
+                result, instance)
+    try:
+        ops = TRANSLATORS[method](call, *args, **kwargs)
+    except TypeError as exc:
+        if exc.__traceback__ is not None and exc.__traceback__.tb_next is None:
+            # the arguments do not fit the v1 signature: the user's error, as in v1
+            raise _UserTypeError(exc) from None
+        raise
+    writer = STATE.get_writer()
+    if ops and type(ops[0]) is NewRun:
+        ops = _new_runs(record, ops, writer)
+    if record is None:
+        return
+    if fresh:
+        ops.insert(0, CreateRun())
+    ops = _stage(ops, writer)
+    writer.submit(record, method, ops)
+    if method in BLOCKING:
+        if any(type(op) is End for op in ops):
+            record.ended = True
+        _wait(writer)
+
+
+def _new_runs(parent, ops, writer) -> list:
+    rest = []
+    for op in ops:
+        if type(op) is not NewRun:
+            rest.append(op)
+            continue
+        if op.run is None:
+            continue
+        child, fresh = STATE.registry.record_for(op.run, STATE.mode, parent=parent,
+                                                 experiment=op.experiment, name=op.name)
+        if op.outputs:
+            child.outputs = str(op.outputs)
+        child_ops = [CreateRun()] + [Tag(str(k), v) for k, v in op.tags.items()]
+        writer.submit(child, None, child_ops)
+    return rest
+
+
+def _wait(writer) -> None:
+    if not writer.flush(STATE.cfg.exit_timeout):
+        _failed("flush", TimeoutError(f"not delivered within {STATE.cfg.exit_timeout}s"))
+    if STATE.cfg.strict and writer.errors:
+        problems, writer.errors[:] = list(writer.errors), []
+        raise BridgeError("azml_v1_bridge delivery failed: " + "; ".join(problems))
+
+
+def _warn_same_run(record) -> None:
+    if not STATE.registry.warned_same_run:
+        STATE.registry.warned_same_run = True
+        logger.warning("azml_v1_bridge: MLFLOW_RUN_ID is the v1 run itself (%s); azureml-core "
+                       "already writes into it, so the bridge does not write it twice",
+                       record.v1_id)
+
+
+def _stage(ops: list, writer: Writer) -> list:
+    """Snapshot user files now: the script may change or delete them before delivery."""
+    if not any(type(op) is ArtifactFile for op in ops):
+        return ops
+    staged = []
+    for op in ops:
+        if type(op) is not ArtifactFile:
+            staged.append(op)
+            continue
+        source = op.source
+        if hasattr(source, "read"):
+            data = source.read()
+            if hasattr(source, "seek"):
+                source.seek(0)
+            staged.append(Artifact(op.path, data.encode("utf-8") if isinstance(data, str) else data))
+        elif os.path.isdir(source):
+            for folder, _, files in os.walk(source):
+                for name in sorted(files):
+                    full = os.path.join(folder, name)
+                    rel = os.path.relpath(full, source).replace(os.sep, "/")
+                    staged.append(ArtifactFile(f"{op.path}/{rel}", _copy(full, writer)))
+        elif os.path.isfile(source):
+            staged.append(ArtifactFile(op.path, _copy(source, writer)))
+        else:
+            staged.append(Note("missing_file", op.path, f"{source!r} does not exist; nothing uploaded"))
+    return staged
+
+
+def _copy(path: str, writer: Writer) -> str:
+    folder = os.path.join(writer.staging_dir(), uuid.uuid4().hex)
+    os.makedirs(folder)
+    target = os.path.join(folder, os.path.basename(path))
+    shutil.copyfile(path, target)
+    return target
+
+
+def flush(timeout: float | None = None) -> bool:
+    """Block until everything logged so far is in MLflow (or journaled)."""
+    writer = STATE.writer
+    return True if writer is None else writer.flush(timeout)
+
+
+def mlflow_run_id(run) -> str | None:
+    """The MLflow run id a v1 run object maps to (created if needed)."""
+    record, fresh = STATE.registry.record_for(run, STATE.mode)
+    writer = STATE.get_writer()
+    if fresh:
+        writer.submit(record, None, [CreateRun()])
+    if record.mlflow_run_id is None or fresh:
+        writer.flush(STATE.cfg.exit_timeout)
+    return record.mlflow_run_id
+
+
+# ---------------------------------------------------------------- process hooks
+
+def install_hooks() -> None:
+    if STATE.hooks_installed:
+        return
+    STATE.hooks_installed = True
+    atexit.register(shutdown)
+    previous_hook = sys.excepthook
+
+    def excepthook(exc_type, exc, tb):
+        if not issubclass(exc_type, KeyboardInterrupt) or True:
+            STATE.uncaught = True
+        previous_hook(exc_type, exc, tb)
+
+    sys.excepthook = excepthook
+    if hasattr(os, "register_at_fork"):
+        os.register_at_fork(after_in_child=_after_fork_in_child)
+    if threading.current_thread() is threading.main_thread():
+        try:
+            previous = signal.getsignal(signal.SIGTERM)
+            signal.signal(signal.SIGTERM, _sigterm_handler(previous))
+        except (ValueError, OSError):  # not the main interpreter
+            pass
+
+
+def _sigterm_handler(previous):
+    def on_sigterm(signum, frame):
+        try:
+            shutdown(status="KILLED")
+        except Exception:
+            pass
+        if callable(previous):
+            previous(signum, frame)
+        elif previous == signal.SIG_IGN:
+            return
+        else:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+
+    return on_sigterm
+
+
+def _after_fork_in_child() -> None:
+    # The writer thread did not survive the fork; the parent's queue is the parent's.
+    STATE.writer = None
+    STATE.pid = os.getpid()
+    STATE.closed = False
+    STATE.registry.after_fork()
+    store = sys.modules.get("mlflow.store.tracking.sqlalchemy_store")
+    if store is not None:  # SQLAlchemy: never reuse the parent's pooled connections
+        cls = store.SqlAlchemyStore
+        cls._engine_map_lock = threading.Lock()
+        for engine in list(cls._engine_map.values()):
+            try:
+                engine.dispose(close=False)
+            except Exception:
+                pass
+    if "multiprocessing" in sys.modules:
+        # multiprocessing children leave through os._exit: atexit never runs there.
+        import multiprocessing.util as mp_util
+
+        mp_util.register_after_fork(STATE, lambda _: mp_util.Finalize(None, shutdown,
+                                                                      exitpriority=100))
+
+
+def shutdown(status: str | None = None) -> None:
+    """End this process's open runs and deliver everything before the interpreter goes."""
+    if STATE.closed or STATE.pid != os.getpid():
+        return
+    STATE.closed = True
+    writer = STATE.writer
+    if writer is None:
+        return
+    final = status or ("FAILED" if STATE.uncaught else "FINISHED")
+    now = int(time.time() * 1000)
+    try:
+        for record in STATE.registry.open_records(STATE.pid):
+            record.ended = True
+            if record.adopted or record.muted:
+                continue
+            writer.submit(record, None, [End(final, now)])
+        if not writer.close(STATE.cfg.exit_timeout):
+            logger.warning("azml_v1_bridge: could not deliver everything within %ss at exit "
+                           "(AZML_V1_BRIDGE_EXIT_TIMEOUT)", STATE.cfg.exit_timeout)
+        if writer._staging:
+            shutil.rmtree(writer._staging, ignore_errors=True)
+    except Exception as exc:
+        logger.warning("azml_v1_bridge: exit delivery failed: %s", describe_error(exc))

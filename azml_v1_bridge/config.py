@@ -1,0 +1,146 @@
+"""Every environment variable the bridge reads, named once and parsed once.
+
+Other modules import the constants and call :func:`load`; nothing else in the
+package touches ``os.environ`` for its own settings.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from typing import Mapping
+
+# The bridge's own switches.
+MODE = "AZML_V1_BRIDGE_MODE"
+STRICT = "AZML_V1_BRIDGE_STRICT"
+JOURNAL = "AZML_V1_BRIDGE_JOURNAL"
+REPORT = "AZML_V1_BRIDGE_REPORT"
+CHARTS = "AZML_V1_BRIDGE_CHARTS"
+OUTPUTS = "AZML_V1_BRIDGE_OUTPUTS"
+QUEUE_MAX = "AZML_V1_BRIDGE_QUEUE_MAX"
+FLUSH_INTERVAL = "AZML_V1_BRIDGE_FLUSH_INTERVAL"
+RETRY_SECONDS = "AZML_V1_BRIDGE_RETRY_SECONDS"
+EXIT_TIMEOUT = "AZML_V1_BRIDGE_EXIT_TIMEOUT"
+# Set by the launcher: the run it created for every process it starts.
+LAUNCHER_RUN_ID = "AZML_V1_BRIDGE_LAUNCHER_RUN_ID"
+RANK = "AZML_V1_BRIDGE_RANK"
+
+# MLflow's own variables that decide where data goes. They are read live (via
+# `mlflow_setting`) when a run is first seen: `mlflow.set_experiment` writes
+# MLFLOW_EXPERIMENT_ID into os.environ at any time.
+MLFLOW_TRACKING_URI = "MLFLOW_TRACKING_URI"
+MLFLOW_RUN_ID = "MLFLOW_RUN_ID"
+MLFLOW_EXPERIMENT_NAME = "MLFLOW_EXPERIMENT_NAME"
+MLFLOW_EXPERIMENT_ID = "MLFLOW_EXPERIMENT_ID"
+# MLflow's HTTP retry settings: the bridge sets defaults for them (never
+# overriding the user's) so a dead server fails in seconds, not minutes.
+MLFLOW_HTTP_REQUEST_MAX_RETRIES = "MLFLOW_HTTP_REQUEST_MAX_RETRIES"
+MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR = "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"
+MLFLOW_HTTP_REQUEST_TIMEOUT = "MLFLOW_HTTP_REQUEST_TIMEOUT"
+HTTP_DEFAULTS = {
+    MLFLOW_HTTP_REQUEST_MAX_RETRIES: "2",
+    MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR: "1",
+    MLFLOW_HTTP_REQUEST_TIMEOUT: "30",
+}
+
+MODES = ("mirror", "mlflow", "off")
+DEFAULT_MODE = "mirror"
+DEFAULT_QUEUE_MAX = 100_000
+DEFAULT_JOURNAL_DIR = "azml_v1_bridge_journal"
+
+
+class ConfigError(ValueError):
+    """A setting the bridge cannot run with; raised before any training starts."""
+
+
+@dataclass(frozen=True)
+class Config:
+    mode: str = DEFAULT_MODE
+    strict: bool = False
+    journal: str = ""
+    report: bool = True
+    charts: bool = True
+    outputs: bool | None = None  # None: on in mlflow mode, off in mirror mode
+    queue_max: int = DEFAULT_QUEUE_MAX
+    flush_interval: float = 0.5
+    retry_seconds: float = 30.0
+    exit_timeout: float = 120.0
+    launcher_run_id: str | None = None
+    rank: str | None = None
+
+    def outputs_enabled(self) -> bool:
+        return self.mode == "mlflow" if self.outputs is None else self.outputs
+
+
+def check_mode(value: str | None) -> str:
+    mode = (value or DEFAULT_MODE).strip().lower()
+    if mode not in MODES:
+        raise ConfigError(
+            f"{MODE}={value!r} is not a valid mode; valid values are: "
+            + ", ".join(MODES)
+            + f" (default {DEFAULT_MODE})"
+        )
+    return mode
+
+
+def _flag(env: Mapping[str, str], name: str, default: bool | None) -> bool | None:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name}={raw!r} is not a valid switch; use 1 or 0")
+
+
+def _number(env: Mapping[str, str], name: str, default, kind=float):
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a number") from None
+    if value <= 0:
+        raise ConfigError(f"{name}={raw!r} must be positive")
+    return value
+
+
+def default_journal_path(pid: int | None = None) -> str:
+    import time
+
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+    return os.path.join(DEFAULT_JOURNAL_DIR, f"{stamp}-{pid or os.getpid()}.jsonl")
+
+
+def load(env: Mapping[str, str] | None = None) -> Config:
+    env = os.environ if env is None else env
+    return Config(
+        mode=check_mode(env.get(MODE)),
+        strict=bool(_flag(env, STRICT, False)),
+        journal=env.get(JOURNAL, "").strip(),
+        report=bool(_flag(env, REPORT, True)),
+        charts=bool(_flag(env, CHARTS, True)),
+        outputs=_flag(env, OUTPUTS, None),
+        queue_max=_number(env, QUEUE_MAX, DEFAULT_QUEUE_MAX, int),
+        flush_interval=_number(env, FLUSH_INTERVAL, 0.5),
+        retry_seconds=_number(env, RETRY_SECONDS, 30.0),
+        exit_timeout=_number(env, EXIT_TIMEOUT, 120.0),
+        launcher_run_id=env.get(LAUNCHER_RUN_ID) or None,
+        rank=env.get(RANK) or None,
+    )
+
+
+_CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<userinfo>[^/@\s]+)@")
+
+
+def redact(text: str) -> str:
+    """Hide user:password in any URI inside ``text``."""
+    return _CREDENTIALS.sub(lambda m: m.group("scheme") + "***@", str(text))
+
+
+def mlflow_setting(name: str) -> str | None:
+    value = os.environ.get(name, "").strip()
+    return value or None

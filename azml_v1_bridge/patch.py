@@ -1,0 +1,220 @@
+"""Which v1 methods are wrapped, and `enable()` / `disable()`. Nothing else.
+
+wrapt post-import hooks patch `azureml.core` whether it was imported before or
+after the bridge. `disable()` puts back the exact original attributes.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+
+import wrapt
+
+from . import bridge, config
+from .standins import STANDINS
+
+logger = logging.getLogger("azml_v1_bridge")
+
+# v1 logging methods; each has a translate_<name> in translate.TRANSLATORS.
+RUN_METHODS = (
+    "log", "log_list", "log_row", "log_table", "log_image",
+    "log_confusion_matrix", "log_accuracy_table", "log_predictions", "log_residuals",
+    "tag", "set_tags", "add_properties",
+    "upload_file", "upload_files", "upload_folder",
+    "complete", "fail", "cancel", "flush",
+    "child_run", "create_children", "__enter__", "__exit__",
+)
+# (module, class, methods): Run covers the subclasses that inherit; _OfflineRun
+# (what get_context() returns outside a job) is not a Run subclass at all.
+TARGETS = (
+    ("azureml.core.run", "Run", RUN_METHODS),
+    ("azureml.core.run", "_OfflineRun", RUN_METHODS),
+    ("azureml.core.experiment", "Experiment", ("start_logging",)),
+)
+# Property setters: display_name -> run name, description -> note.
+PROPERTIES = ("display_name", "description")
+# Read methods served from MLflow in mlflow mode (v1 would ask Azure ML).
+READ_METHODS = ("get_metrics",)
+# Methods _OfflineRun lacks that scripts written for jobs call: given to it in mlflow mode.
+OFFLINE_ADDITIONS = ("create_children", "get_metrics")
+
+
+class _Patches:
+    def __init__(self):
+        self.lock = threading.RLock()
+        self.active = False
+        self.hooks_registered = False
+        self.saved: list = []  # (cls, name, original attribute or _ABSENT)
+
+
+_ABSENT = object()
+PATCHES = _Patches()
+
+
+def _wrapper(method: str):
+    standin = STANDINS.get(method)
+
+    def wrapper(wrapped, instance, args, kwargs):
+        return bridge.handle(method, wrapped, instance, args, kwargs, standin)
+
+    return wrapper
+
+
+def _read_wrapper(method: str):
+    standin = STANDINS[method]
+
+    def wrapper(wrapped, instance, args, kwargs):
+        if bridge.STATE.mode == "mlflow":
+            return standin(instance, *args, **kwargs)
+        return wrapped(*args, **kwargs)
+
+    return wrapper
+
+
+def _save(cls, name) -> None:
+    PATCHES.saved.append((cls, name, cls.__dict__.get(name, _ABSENT)))
+
+
+def _wrap(cls, name: str, wrapper) -> None:
+    _save(cls, name)
+    wrapt.wrap_function_wrapper(cls, name, wrapper)
+
+
+def _add(cls, name: str, function) -> None:
+    _save(cls, name)
+    setattr(cls, name, function)
+
+
+def _patch_class(cls, methods) -> None:
+    for name in methods:
+        if name not in cls.__dict__:
+            continue  # inherited: the base class wrapper covers it
+        if isinstance(cls.__dict__[name], wrapt.ObjectProxy):
+            continue
+        _wrap(cls, name, _wrapper(name))
+
+
+def _subclasses(cls):
+    for sub in cls.__subclasses__():
+        yield sub
+        yield from _subclasses(sub)
+
+
+def _patch_run_module(module) -> None:
+    with PATCHES.lock:
+        if not PATCHES.active:
+            return
+        run_cls, offline_cls = module.Run, module._OfflineRun
+        _patch_class(run_cls, RUN_METHODS)
+        # Subclasses that override a method escape the base wrapper (_SubmittedRun.cancel);
+        # those that call super() are wrapped twice, which bridge.handle collapses to one emit.
+        for sub in _subclasses(run_cls):
+            _patch_class(sub, RUN_METHODS)
+        _patch_class(offline_cls, RUN_METHODS)
+        for name in READ_METHODS:
+            if name in run_cls.__dict__:
+                _wrap(run_cls, name, _read_wrapper(name))
+        for name in OFFLINE_ADDITIONS:
+            if name not in offline_cls.__dict__:
+                _add(offline_cls, name, _offline_addition(name))
+        for name in PROPERTIES:
+            original = run_cls.__dict__.get(name)
+            if isinstance(original, property):
+                _add(run_cls, name, _bridged_property(name, original))
+            if name not in offline_cls.__dict__:
+                _add(offline_cls, name, _offline_property(name))
+
+
+def _patch_experiment_module(module) -> None:
+    with PATCHES.lock:
+        if PATCHES.active:
+            _patch_class(module.Experiment, ("start_logging",))
+
+
+def _offline_addition(name: str):
+    standin = STANDINS.get(name)
+
+    def method(self, *args, **kwargs):
+        if bridge.STATE.mode != "mlflow":
+            raise AttributeError(f"'_OfflineRun' object has no attribute {name!r}")
+        if name in READ_METHODS:
+            return standin(self, *args, **kwargs)
+        return bridge.handle(name, None, self, args, kwargs, standin)
+
+    method.__name__ = name
+    return method
+
+
+def _bridged_property(name: str, original: property) -> property:
+    def setter(self, value):
+        bridge.handle(name, lambda v: original.fset(self, v), self, (value,), {}, None)
+
+    return property(original.fget, setter, original.fdel, original.__doc__)
+
+
+def _offline_property(name: str) -> property:
+    slot = "_azml_v1_bridge_" + name
+
+    def getter(self):
+        return self.__dict__.get(slot)
+
+    def store(self, value):
+        self.__dict__[slot] = value
+
+    def setter(self, value):
+        bridge.handle(name, lambda v: store(self, v), self, (value,), {},
+                      lambda run, v: store(run, v))
+
+    return property(getter, setter)
+
+
+def enable(mode: str | None = None) -> str:
+    """Patch azureml.core (now or when it is imported). Idempotent; returns the mode."""
+    cfg = config.load()
+    if mode is not None:
+        from dataclasses import replace
+
+        cfg = replace(cfg, mode=config.check_mode(mode))
+    with PATCHES.lock:
+        bridge.STATE.cfg = cfg
+        if cfg.mode == "off":
+            disable()
+            return "off"
+        if PATCHES.active:
+            if bridge.STATE.mode != cfg.mode:
+                logger.info("azml_v1_bridge: mode %s -> %s", bridge.STATE.mode, cfg.mode)
+            bridge.STATE.mode = cfg.mode
+            return cfg.mode
+        bridge.STATE.mode = cfg.mode
+        PATCHES.active = True
+        bridge.install_hooks()
+        if not PATCHES.hooks_registered:
+            PATCHES.hooks_registered = True
+            wrapt.register_post_import_hook(_patch_run_module, "azureml.core.run")
+            wrapt.register_post_import_hook(_patch_experiment_module, "azureml.core.experiment")
+        else:  # hooks fire once per import: patch what is already loaded ourselves
+            import sys
+
+            if "azureml.core.run" in sys.modules:
+                _patch_run_module(sys.modules["azureml.core.run"])
+            if "azureml.core.experiment" in sys.modules:
+                _patch_experiment_module(sys.modules["azureml.core.experiment"])
+    return cfg.mode
+
+
+def disable() -> None:
+    """Restore every original v1 attribute; data already logged is still delivered."""
+    with PATCHES.lock:
+        for cls, name, original in reversed(PATCHES.saved):
+            if original is _ABSENT:
+                if name in cls.__dict__:
+                    delattr(cls, name)
+            else:
+                setattr(cls, name, original)
+        PATCHES.saved.clear()
+        PATCHES.active = False
+        bridge.STATE.mode = "off"
+
+
+def is_enabled() -> bool:
+    return PATCHES.active

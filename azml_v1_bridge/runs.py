@@ -1,0 +1,145 @@
+"""Which MLflow run a v1 run object maps to.
+
+A `RunRecord` is made on the caller's thread the first time a v1 run is seen;
+it captures everything MLflow's own resolution would look at *then* (the
+thread's active run, `mlflow.set_experiment`, MLFLOW_* variables). The MLflow
+run itself is created later by the writer, so no call waits on the store.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+import uuid
+
+from . import config
+from .translate import RunState
+
+ATTR = "_azml_v1_bridge_record"
+LOCAL_ID_TAG = "azml_v1_bridge.local_run_id"
+
+
+class RunRecord:
+    __slots__ = (
+        "local_id", "v1_id", "parent", "state", "experiment_id", "experiment_name",
+        "tracking_uri", "mlflow_run_id", "adopted", "run_name", "start_ms", "owner_pid",
+        "ended", "muted", "outputs", "tags", "calls", "__weakref__",
+    )
+
+    def __init__(self, v1_id: str, parent: RunRecord | None = None):
+        self.local_id = uuid.uuid4().hex
+        self.v1_id = v1_id
+        self.parent = parent
+        self.state = RunState()
+        self.experiment_id: str | None = None
+        self.experiment_name: str | None = None
+        self.tracking_uri: str | None = None
+        self.mlflow_run_id: str | None = None  # known up front when adopted
+        self.adopted = False                   # MLFLOW_RUN_ID / user's active run: not ours to end
+        self.run_name: str | None = None
+        self.start_ms = int(time.time() * 1000)
+        self.owner_pid = os.getpid()
+        self.ended = False
+        self.muted = False                     # mirror mode into the very same run: v1 writes it
+        self.outputs: str | None = None
+        self.tags: dict[str, str] = {}
+        self.calls: dict[str, int] = {}
+
+    def describe(self) -> dict:
+        """What the journal needs to find or re-create this run elsewhere."""
+        return {
+            "local_id": self.local_id, "v1_id": self.v1_id,
+            "parent": self.parent.local_id if self.parent else None,
+            "experiment_id": self.experiment_id, "experiment_name": self.experiment_name,
+            "mlflow_run_id": self.mlflow_run_id, "run_name": self.run_name,
+            "start_ms": self.start_ms, "tags": self.tags, "adopted": self.adopted,
+        }
+
+    def __repr__(self):
+        return f"RunRecord(v1={self.v1_id!r}, mlflow={self.mlflow_run_id!r})"
+
+
+class Registry:
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._by_v1_id: dict[str, RunRecord] = {}
+        self.records: list[RunRecord] = []
+        self.warned_same_run = False
+
+    def record_for(self, run, mode: str, parent: RunRecord | None = None,
+                   experiment: str | None = None, name: str | None = None) -> tuple[RunRecord, bool]:
+        """The record of a v1 run object, and whether it was just made."""
+        rec = run.__dict__.get(ATTR) if hasattr(run, "__dict__") else None
+        if rec is not None:
+            return rec, False
+        v1_id = str(getattr(run, "id", None) or id(run))
+        with self._lock:
+            rec = self._by_v1_id.get(v1_id)
+            fresh = rec is None
+            if fresh:
+                rec = self._new_record(run, v1_id, mode, parent, experiment, name)
+                self._by_v1_id[v1_id] = rec
+                self.records.append(rec)
+        try:
+            run.__dict__[ATTR] = rec
+        except (AttributeError, TypeError):
+            pass
+        return rec, fresh
+
+    def _new_record(self, run, v1_id, mode, parent, experiment, name) -> RunRecord:
+        rec = RunRecord(v1_id, parent)
+        rec.run_name = name
+        rec.tags = {"azureml.v1.run_id": v1_id, LOCAL_ID_TAG: rec.local_id}
+        fluent = sys.modules.get("mlflow.tracking.fluent")
+        if fluent is not None:
+            try:
+                import mlflow
+
+                rec.tracking_uri = mlflow.get_tracking_uri()
+            except Exception:
+                pass
+        if parent is not None:
+            rec.experiment_id, rec.experiment_name = parent.experiment_id, parent.experiment_name
+            rec.tracking_uri = parent.tracking_uri
+            rec.tags["mlflow.parentRunId"] = ""  # filled in by the writer once the parent exists
+            return rec
+        adopted = config.mlflow_setting(config.MLFLOW_RUN_ID)
+        if adopted is None and fluent is not None:
+            try:
+                active = fluent.active_run()
+            except Exception:
+                active = None
+            if active is not None:
+                adopted = active.info.run_id
+        if adopted is not None:
+            rec.mlflow_run_id, rec.adopted = adopted, True
+            if mode == "mirror" and adopted == v1_id:
+                rec.muted = True
+            return rec
+        # mlflow.start_run()'s order: set_experiment in this process, then the variables.
+        active_experiment = getattr(fluent, "_active_experiment_id", None) if fluent else None
+        if active_experiment:
+            rec.experiment_id = str(active_experiment)
+        elif config.mlflow_setting(config.MLFLOW_EXPERIMENT_NAME):
+            rec.experiment_name = config.mlflow_setting(config.MLFLOW_EXPERIMENT_NAME)
+        elif config.mlflow_setting(config.MLFLOW_EXPERIMENT_ID):
+            rec.experiment_id = config.mlflow_setting(config.MLFLOW_EXPERIMENT_ID)
+        else:
+            rec.experiment_name = experiment or _v1_experiment_name(run)
+        return rec
+
+    def open_records(self, pid: int) -> list[RunRecord]:
+        with self._lock:
+            return [r for r in self.records if r.owner_pid == pid and not r.ended]
+
+    def after_fork(self):
+        self._lock = threading.Lock()
+
+
+def _v1_experiment_name(run) -> str | None:
+    try:
+        experiment = run.__dict__.get("_experiment")
+        return getattr(experiment, "name", None)
+    except Exception:
+        return None

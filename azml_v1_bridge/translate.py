@@ -1,0 +1,541 @@
+"""The mapping table, in code: one v1 call in, a list of MLflow operations out.
+
+No I/O happens here (user files are named, not read; `stage` in bridge.py
+snapshots them). The only state is `RunState`, the per-run counters v1 kept
+implicitly (the next step of a metric, the next row of a table). Each
+function reads like its row of the README table.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import numbers
+import posixpath
+import re
+import zlib
+from types import GeneratorType
+
+from .ops import (AppendTable, AppendText, Artifact, ArtifactFile, Chart, CreateRun, End,
+                  ExtendList, Image, Metric, Note, Op, Param, Tag)
+
+MAX_KEY = 250
+MAX_PARAM_VALUE = 6000
+MAX_TAG_VALUE = 8000
+V1_RUN_ID_TAG = "azureml.v1.run_id"
+RENAMED_TAG_PREFIX = "azml_v1_bridge.original_name."
+LONG_VALUES_DIR = "azml_v1_bridge/long_values"
+
+
+class RunState:
+    """What v1 remembered per run, which MLflow needs spelled out."""
+
+    __slots__ = ("steps", "rows", "repeats", "params", "renamed", "__weakref__")
+
+    def __init__(self):
+        self.steps: dict[str, itertools.count] = {}    # metric key -> next implicit step
+        self.rows: dict[str, itertools.count] = {}     # table name -> next row index
+        self.repeats: dict[str, itertools.count] = {}  # artifact name -> how many so far
+        self.params: dict[str, str] = {}               # write-once properties
+        self.renamed: set[str] = set()                 # names already reported as rewritten
+
+    def next_step(self, key: str) -> int:
+        counter = self.steps.get(key)
+        if counter is None:
+            counter = self.steps.setdefault(key, itertools.count())
+        return next(counter)
+
+    def next_row(self, name: str) -> int:
+        counter = self.rows.get(name)
+        if counter is None:
+            counter = self.rows.setdefault(name, itertools.count())
+        return next(counter)
+
+    def next_repeat(self, name: str) -> int:
+        counter = self.repeats.get(name)
+        if counter is None:
+            counter = self.repeats.setdefault(name, itertools.count())
+        return next(counter)
+
+
+class Call:
+    """One v1 call as translate sees it."""
+
+    __slots__ = ("state", "now_ms", "result", "instance")
+
+    def __init__(self, state: RunState | None, now_ms: int, result=None, instance=None):
+        self.state, self.now_ms, self.result, self.instance = state, now_ms, result, instance
+
+
+class NewRun(Op):
+    """A v1 call returned a run (child_run, create_children, start_logging).
+
+    bridge.py registers it in `runs` (nested under the calling run, if any)."""
+
+    __slots__ = ("run", "name", "tags", "experiment", "outputs")
+    kind = "new_run"
+
+    def __init__(self, run, name=None, tags=None, experiment=None, outputs=None):
+        self.run, self.name, self.tags = run, name, tags or {}
+        self.experiment, self.outputs = experiment, outputs
+
+
+# ---------------------------------------------------------------- coercion
+
+_KEY_OK = re.compile(r"^[/\w.\- :]*$")
+_KEY_BAD_CHARS = re.compile(r"[^/\w.\- :]")
+_keys: dict[str, str] = {}
+
+
+def _valid_key(name: str) -> bool:
+    if not name or len(name) > MAX_KEY or not _KEY_OK.match(name):
+        return False
+    norm = posixpath.normpath(name)
+    return not (norm != name or norm == "." or norm.startswith("..") or norm.startswith("/"))
+
+
+def mlflow_key(name) -> str:
+    """The MLflow key for a v1 name: the name itself when MLflow accepts it,
+    else a deterministic valid rewrite (bad characters to '_', path forms
+    flattened, long names cut with a hash so distinct names stay distinct)."""
+    key = _keys.get(name)
+    if key is not None:
+        return key
+    text = name if isinstance(name, str) else str(name)
+    if _valid_key(text):
+        key = text
+    else:
+        key = _KEY_BAD_CHARS.sub("_", text)
+        parts = [p for p in key.split("/") if p not in ("", ".", "..")]
+        key = "/".join(parts) or "_"
+        if len(key) > MAX_KEY or key != text:
+            digest = format(zlib.crc32(text.encode("utf-8", "surrogatepass")), "08x")
+            if len(key) > MAX_KEY:
+                key = key[: MAX_KEY - 9] + "~" + digest
+        if not _valid_key(key):  # e.g. a part that is only dots
+            key = "_" + format(zlib.crc32(text.encode("utf-8", "surrogatepass")), "08x")
+    if len(_keys) < 100_000:
+        _keys[name] = key
+    return key
+
+
+def artifact_name(name) -> str:
+    """A relative artifact path for a v1 name: never absolute, never '..'."""
+    text = str(name).replace("\\", "/")
+    if len(text) > 1 and text[1] == ":":  # drive letter
+        text = text[2:]
+    parts = [p for p in text.split("/") if p not in ("", ".", "..")]
+    return "/".join(parts) or "unnamed"
+
+
+def to_number(value):
+    """A float for what v1 would chart as a number, else None."""
+    t = type(value)
+    if t is float:
+        return value
+    if t is bool:
+        return 1.0 if value else 0.0
+    if t is int or isinstance(value, numbers.Real):
+        try:
+            return float(value)
+        except (OverflowError, TypeError, ValueError):
+            return None
+    item = getattr(value, "item", None)
+    if item is not None and getattr(value, "shape", None) == ():  # numpy scalars and 0-d arrays
+        try:
+            return to_number(item())
+        except Exception:
+            return None
+    return None
+
+
+def to_jsonable(value, _depth=0):
+    """Something json.dumps takes without loss of anything printable."""
+    if value is None or isinstance(value, (str, bool, int)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if _depth > 50:
+        return repr(value)
+    if isinstance(value, dict):
+        return {str(k): to_jsonable(v, _depth + 1) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset, range)):
+        return [to_jsonable(v, _depth + 1) for v in value]
+    number = to_number(value)
+    if number is not None:
+        item = getattr(value, "item", None)
+        plain = item() if item is not None else value
+        return plain if isinstance(plain, (int, bool)) else to_jsonable(number)
+    tolist = getattr(value, "tolist", None)
+    if tolist is not None:
+        try:
+            return to_jsonable(tolist(), _depth + 1)
+        except Exception:
+            pass
+    return repr(value)
+
+
+def dump_json(obj) -> bytes:
+    return json.dumps(to_jsonable(obj), indent=1, ensure_ascii=False).encode("utf-8")
+
+
+def _step(value, fallback) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError, OverflowError):
+        return fallback
+
+
+def _key(call: Call, name, ops: list) -> str:
+    key = mlflow_key(name)
+    if key != name and call.state is not None and key not in call.state.renamed:
+        call.state.renamed.add(key)
+        ops.append(Note("renamed", str(name), key))
+        tag_key = RENAMED_TAG_PREFIX + key
+        if len(tag_key) > MAX_KEY:
+            tag_key = RENAMED_TAG_PREFIX + format(zlib.crc32(key.encode()), "08x")
+        ops.append(Tag(tag_key, str(name)[:MAX_TAG_VALUE]))
+    return key
+
+
+def _numbered(call: Call, base: str, ext: str) -> str:
+    """`base.ext`, then `base_1.ext`, `base_2.ext`...: a repeat never overwrites."""
+    n = call.state.next_repeat(base + ext)
+    return f"{base}{ext}" if n == 0 else f"{base}_{n}{ext}"
+
+
+def _text_value(call: Call, name, value, ops: list) -> None:
+    if not isinstance(value, str):
+        ops.append(Note("kept_as_text", str(name), f"{type(value).__name__} is not a number"))
+        value = repr(value)
+    ops.append(AppendText(artifact_name(name) + ".txt", value))
+
+
+def _metric_points(call: Call, name, values, ops: list) -> None:
+    key = _key(call, name, ops)
+    state, now = call.state, call.now_ms
+    for v in values:
+        ops.append(Metric(key, v, now, state.next_step(key)))
+
+
+# ---------------------------------------------------------------- the table
+
+def translate_log(call: Call, name, value, description="", step=None) -> list:
+    """log(name, number|bool) -> metric, step explicit or per-(run, name) counter;
+    log(name, str) -> every value appended to text artifact name.txt."""
+    number = to_number(value)
+    if number is None:
+        if isinstance(value, (list, tuple, range, GeneratorType)):
+            ops = [Note("list_in_log", str(name), "run.log got a list; logged as log_list")]
+            return ops + translate_log_list(call, name, list(value))
+        ops = []
+        _text_value(call, name, value, ops)
+        return ops
+    ops = []
+    key = mlflow_key(name)
+    if key != name:
+        key = _key(call, name, ops)
+    if step is None:
+        step_value = call.state.next_step(key)
+    else:
+        step_value = _step(step, None)
+        if step_value is None:
+            ops.append(Note("bad_step", str(name), f"step {step!r} is not an integer"))
+            step_value = call.state.next_step(key)
+    ops.append(Metric(key, number, call.now_ms, step_value))
+    return ops
+
+
+def translate_log_list(call: Call, name, value, description="") -> list:
+    """log_list(name, values) -> one point per element on consecutive steps;
+    a list that is not all numbers -> JSON artifact name.json (extended by repeats)."""
+    values = list(value) if not isinstance(value, list) else value
+    numbers_ = [to_number(v) for v in values]
+    ops: list = []
+    if values and all(n is not None for n in numbers_):
+        _metric_points(call, name, numbers_, ops)
+    elif values:
+        ops.append(Note("list_not_numeric", str(name), "kept as JSON artifact"))
+        ops.append(ExtendList(artifact_name(name) + ".json", to_jsonable(values)))
+    return ops
+
+
+def _table_ops(call: Call, name, columns: dict, nrows: int, ops: list) -> None:
+    base = artifact_name(name)
+    for i in range(nrows):
+        row = call.state.next_row(str(name))
+        for col, cells in columns.items():
+            if i >= len(cells):
+                continue
+            number = to_number(cells[i])
+            if number is not None:
+                key = _key(call, f"{name}.{col}", ops)
+                ops.append(Metric(key, number, call.now_ms, row))
+    ops.append(AppendTable(base + ".json",
+                           {str(c): [to_jsonable(v) for v in cells] for c, cells in columns.items()}))
+
+
+def translate_log_row(call: Call, name, description=None, **kwargs) -> list:
+    """log_row(name, **cols) -> metric name.col per numeric column at step = row index;
+    whole table (strings too) kept as JSON artifact name.json."""
+    ops: list = []
+    _table_ops(call, name, {col: [v] for col, v in kwargs.items()}, 1, ops)
+    return ops
+
+
+def translate_log_table(call: Call, name, value, description="") -> list:
+    """log_table(name, {col: [..]}) -> metric name.col per numeric column, one step
+    per row; whole table as JSON artifact name.json."""
+    ops: list = []
+    if not isinstance(value, dict):
+        ops.append(Note("table_not_dict", str(name), f"{type(value).__name__}; kept as JSON"))
+        ops.append(ExtendList(artifact_name(name) + ".json", [to_jsonable(value)]))
+        return ops
+    columns = {}
+    for col, cells in value.items():
+        if isinstance(cells, (str, bytes)) or not hasattr(cells, "__iter__"):
+            cells = [cells]
+        columns[col] = list(cells)
+    lengths = {len(c) for c in columns.values()}
+    nrows = max(lengths, default=0)
+    if len(lengths) > 1:
+        ops.append(Note("ragged_table", str(name), f"column lengths {sorted(lengths)}; short columns padded"))
+    _table_ops(call, name, columns, nrows, ops)
+    return ops
+
+
+def translate_log_image(call: Call, name, path=None, plot=None, description="") -> list:
+    """log_image(name, path=) -> the file, bytes unchanged, as artifact name.ext (repeats name_1.ext ...);
+    log_image(name, plot=) -> the user's figure as PNG, one step of image series `name`."""
+    if plot is not None:
+        figure = plot.gcf() if hasattr(plot, "gcf") else getattr(plot, "figure", plot)
+        if not hasattr(figure, "savefig"):
+            return [Note("bad_plot", str(name), f"{type(plot).__name__} is not a figure")]
+        import io
+
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format="png")  # now: the user keeps drawing on it
+        key = mlflow_key(name)
+        return [Image(key, buffer.getvalue(), call.state.next_repeat("image:" + key), call.now_ms)]
+    if path is None:
+        return [Note("no_image", str(name), "log_image got neither path nor plot")]
+    source = str(path) if not hasattr(path, "read") else None
+    ext = posixpath.splitext(source.replace("\\", "/"))[1] if source else ".png"
+    base = artifact_name(name)
+    if ext and base.lower().endswith(ext.lower()):
+        base = base[: -len(ext)]
+    return [ArtifactFile(_numbered(call, base, ext), path)]
+
+
+def _rich(call: Call, name, value) -> list:
+    """log_confusion_matrix / log_accuracy_table / log_predictions / log_residuals
+    -> JSON artifact name.json holding the object (strings parsed first) + chart name.png."""
+    ops: list = []
+    obj = value
+    if isinstance(value, (str, bytes)):
+        try:
+            obj = json.loads(value)
+        except ValueError as exc:
+            ops.append(Note("invalid_json", str(name), f"{exc}; kept as a JSON string"))
+            obj = value if isinstance(value, str) else value.decode("utf-8", "replace")
+    base = artifact_name(name)
+    n = call.state.next_repeat(base + ".json")
+    stem = base if n == 0 else f"{base}_{n}"
+    ops.append(Artifact(stem + ".json", dump_json(obj)))
+    if isinstance(obj, dict):
+        ops.append(Chart(stem + ".png", to_jsonable(obj), str(name)))
+    return ops
+
+
+def translate_log_confusion_matrix(call: Call, name, value, description="") -> list:
+    return _rich(call, name, value)
+
+
+def translate_log_accuracy_table(call: Call, name, value, description="") -> list:
+    return _rich(call, name, value)
+
+
+def translate_log_predictions(call: Call, name, value, description="") -> list:
+    return _rich(call, name, value)
+
+
+def translate_log_residuals(call: Call, name, value, description="") -> list:
+    return _rich(call, name, value)
+
+
+def _tag(call: Call, key, value, ops: list) -> None:
+    text = "" if value is None else str(value)
+    mkey = _key(call, key, ops)
+    if len(text) > MAX_TAG_VALUE:
+        ops.append(Note("long_value", str(key), f"tag value of {len(text)} chars cut; full value kept as artifact"))
+        ops.append(Artifact(f"{LONG_VALUES_DIR}/tag.{artifact_name(mkey)}.txt", text.encode()))
+        text = text[:MAX_TAG_VALUE]
+    ops.append(Tag(mkey, text))
+
+
+def translate_tag(call: Call, key, value=None) -> list:
+    """tag(k, v=None) -> tag k (value "" when none)."""
+    ops: list = []
+    _tag(call, key, value, ops)
+    return ops
+
+
+def translate_set_tags(call: Call, tags) -> list:
+    """set_tags(dict) -> tags; a bare string or list of strings -> tags with value ""."""
+    ops: list = []
+    if isinstance(tags, dict):
+        for k, v in tags.items():
+            _tag(call, k, v, ops)
+    elif isinstance(tags, str):
+        _tag(call, tags, None, ops)
+    elif tags is not None:
+        for k in tags:
+            _tag(call, k, None, ops)
+    return ops
+
+
+def translate_add_properties(call: Call, properties) -> list:
+    """add_properties(dict) -> params; both are write-once: a changed value is kept
+    as tag azml_v1_bridge.property_conflict.<key>, never as a failing param."""
+    ops: list = []
+    for k, v in (properties or {}).items():
+        key = _key(call, k, ops)
+        text = "" if v is None else str(v)
+        seen = call.state.params.get(key)
+        if seen is not None:
+            if seen != text:
+                ops.append(Note("property_changed", str(k), "properties are write-once; new value kept as tag"))
+                ops.append(Tag(("azml_v1_bridge.property_conflict." + key)[:MAX_KEY], text[:MAX_TAG_VALUE]))
+            continue
+        call.state.params[key] = text
+        if len(text) > MAX_PARAM_VALUE:
+            ops.append(Note("long_value", str(k), f"param value of {len(text)} chars cut; full value kept as artifact"))
+            ops.append(Artifact(f"{LONG_VALUES_DIR}/param.{artifact_name(key)}.txt", text.encode()))
+            text = text[:MAX_PARAM_VALUE]
+        ops.append(Param(key, text))
+    return ops
+
+
+def translate_upload_file(call: Call, name, path_or_stream, datastore_name=None) -> list:
+    """upload_file(name, path_or_stream) -> artifact at name, inside the run's artifact root."""
+    return [ArtifactFile(artifact_name(name), path_or_stream)]
+
+
+def translate_upload_files(call: Call, names=None, paths=None, return_artifacts=False,
+                           timeout_seconds=None, datastore_name=None, name=None) -> list:
+    """upload_files(names, paths) -> one artifact per name."""
+    names = names if names is not None else name  # _OfflineRun spells it `name`
+    return [ArtifactFile(artifact_name(n), p) for n, p in zip(names or (), paths or ())]
+
+
+def translate_upload_folder(call: Call, name, path, datastore_name=None) -> list:
+    """upload_folder(name, path) -> every file below path, at name/<relative path>."""
+    return [ArtifactFile(artifact_name(name), path)]
+
+
+def translate_complete(call: Call, *args, **kwargs) -> list:
+    """complete() -> FINISHED."""
+    return [End("FINISHED", call.now_ms)]
+
+
+def _error_tags(call: Call, error_details, error_code) -> list:
+    ops: list = []
+    if error_details is not None:
+        _tag(call, "azureml.v1.error_details", error_details, ops)
+    if error_code is not None:
+        _tag(call, "azureml.v1.error_code", error_code, ops)
+    return ops
+
+
+def translate_fail(call: Call, error_details=None, error_code=None, _set_status=True) -> list:
+    """fail(details, code) -> FAILED, details and code kept as tags."""
+    return _error_tags(call, error_details, error_code) + [End("FAILED", call.now_ms)]
+
+
+def translate_cancel(call: Call) -> list:
+    """cancel() -> KILLED."""
+    return [End("KILLED", call.now_ms)]
+
+
+def translate_enter(call: Call) -> list:
+    """with run: -> the run exists from the start of the block."""
+    return [CreateRun()]
+
+
+def translate_exit(call: Call, exit_type=None, value=None, traceback=None) -> list:
+    """end of with-block -> FINISHED, or FAILED (exception kept as tag)."""
+    if exit_type is None:
+        return [End("FINISHED", call.now_ms)]
+    detail = f"{exit_type.__name__}: {value}"
+    return _error_tags(call, detail, None) + [End("FAILED", call.now_ms)]
+
+
+def translate_flush(call: Call, *args, **kwargs) -> list:
+    """flush() -> nothing to write; the bridge waits for delivery."""
+    return []
+
+
+def translate_child_run(call: Call, name=None, run_id=None, outputs=None) -> list:
+    """child_run(name) -> nested run (mlflow.parentRunId), run name = name."""
+    return [NewRun(call.result, name=name, outputs=outputs)]
+
+
+def translate_create_children(call: Call, count=None, tag_key=None, tag_values=None) -> list:
+    """create_children(count | tag_key, tag_values) -> nested runs, tagged like v1 tags them."""
+    children = call.result or []
+    if count is not None and tag_key is None:
+        tag_key, tag_values = "azureml.batch_child_number", list(range(count))
+    values = list(tag_values or [None] * len(children))
+    return [NewRun(child, tags={tag_key: str(v)} if tag_key is not None else {})
+            for child, v in zip(children, values)]
+
+
+def translate_start_logging(call: Call, *args, **kwargs) -> list:
+    """Experiment.start_logging() -> top-level run in the v1 experiment's name."""
+    experiment = call.instance
+    return [NewRun(call.result, name=kwargs.get("display_name") or kwargs.get("name"),
+                   experiment=getattr(experiment, "name", None), outputs=kwargs.get("outputs"))]
+
+
+def translate_display_name(call: Call, value) -> list:
+    """display_name = x -> run name."""
+    return [Tag("mlflow.runName", "" if value is None else str(value)[:MAX_TAG_VALUE])]
+
+
+def translate_description(call: Call, value) -> list:
+    """description = x -> mlflow.note.content."""
+    ops: list = []
+    text = "" if value is None else str(value)
+    ops.append(Tag("mlflow.note.content", text[:MAX_TAG_VALUE]))
+    return ops
+
+
+# v1 method name -> translation. patch.py wraps exactly these names.
+TRANSLATORS = {
+    "log": translate_log,
+    "log_list": translate_log_list,
+    "log_row": translate_log_row,
+    "log_table": translate_log_table,
+    "log_image": translate_log_image,
+    "log_confusion_matrix": translate_log_confusion_matrix,
+    "log_accuracy_table": translate_log_accuracy_table,
+    "log_predictions": translate_log_predictions,
+    "log_residuals": translate_log_residuals,
+    "tag": translate_tag,
+    "set_tags": translate_set_tags,
+    "add_properties": translate_add_properties,
+    "upload_file": translate_upload_file,
+    "upload_files": translate_upload_files,
+    "upload_folder": translate_upload_folder,
+    "complete": translate_complete,
+    "fail": translate_fail,
+    "cancel": translate_cancel,
+    "flush": translate_flush,
+    "child_run": translate_child_run,
+    "create_children": translate_create_children,
+    "__enter__": translate_enter,
+    "__exit__": translate_exit,
+    "start_logging": translate_start_logging,
+    "display_name": translate_display_name,
+    "description": translate_description,
+}

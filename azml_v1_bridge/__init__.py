@@ -7,12 +7,12 @@ An unknown mode fails here, before any training starts.
 """
 from __future__ import annotations
 
-from .bridge import BridgeError, flush, mlflow_run_id
+from .bridge import BridgeError, finish, flush, mlflow_run_id
 from .config import MODES, ConfigError
 from .patch import disable, enable, is_enabled
 
 __version__ = "0.1.0"
-__all__ = ["enable", "disable", "is_enabled", "flush", "mlflow_run_id", "ConfigError",
+__all__ = ["enable", "disable", "is_enabled", "flush", "finish", "mlflow_run_id", "ConfigError",
            "BridgeError", "MODES", "__version__"]
 
 enable()

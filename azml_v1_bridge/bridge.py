@@ -156,10 +156,11 @@ def emit(method, instance, args, kwargs, result) -> None:
     if fresh:
         ops.insert(0, CreateRun())
     ops = _stage(ops, writer)
+    if method in BLOCKING and any(type(op) is End for op in ops):
+        record.ended = True
+        ops = _with_outputs(record, ops)
     writer.submit(record, method, ops)
     if method in BLOCKING:
-        if any(type(op) is End for op in ops):
-            record.ended = True
         _wait(writer)
 
 
@@ -314,8 +315,51 @@ def _after_fork_in_child() -> None:
                                                                       exitpriority=100))
 
 
+def _end_open_runs(writer: Writer, status: str) -> None:
+    now = int(time.time() * 1000)
+    for record in STATE.registry.open_records(STATE.pid):
+        record.ended = True
+        if record.adopted or record.muted:
+            continue  # not ours to end: MLFLOW_RUN_ID's owner or the user's own mlflow run
+        writer.submit(record, None, _with_outputs(record, [End(status, now)]))
+
+
+def _with_outputs(record, ops: list) -> list:
+    """A top-level run that ends uploads its outputs folder first, as v1 jobs did."""
+    if record.parent is not None or not STATE.cfg.outputs_enabled():
+        return ops
+    folder = record.outputs or "outputs"
+    if not os.path.isdir(folder):
+        return ops
+    return _stage([ArtifactFile("outputs", folder)], STATE.get_writer()) + ops
+
+
+def _publish_report(writer: Writer, records) -> None:
+    try:
+        from . import report
+
+        report.publish(writer, records, STATE.cfg)
+    except Exception as exc:
+        _failed("report", exc)
+
+
+def finish(status: str = "FINISHED") -> None:
+    """End this process's open runs (status as given), deliver everything, and start afresh:
+    the next v1 run maps to a new MLflow run. For notebooks, and tests."""
+    writer = STATE.writer
+    if writer is None:
+        return
+    records = [r for r in STATE.registry.records if r.owner_pid == STATE.pid]
+    writer.flush(STATE.cfg.exit_timeout)
+    _publish_report(writer, records)
+    _end_open_runs(writer, status)
+    _wait(writer)
+    STATE.registry = Registry()
+    STATE.writer = None
+
+
 def shutdown(status: str | None = None) -> None:
-    """End this process's open runs and deliver everything before the interpreter goes."""
+    """At exit (or SIGTERM): end open runs and deliver everything before the interpreter goes."""
     if STATE.closed or STATE.pid != os.getpid():
         return
     STATE.closed = True
@@ -323,13 +367,12 @@ def shutdown(status: str | None = None) -> None:
     if writer is None:
         return
     final = status or ("FAILED" if STATE.uncaught else "FINISHED")
-    now = int(time.time() * 1000)
     try:
-        for record in STATE.registry.open_records(STATE.pid):
-            record.ended = True
-            if record.adopted or record.muted:
-                continue
-            writer.submit(record, None, [End(final, now)])
+        records = [r for r in STATE.registry.records if r.owner_pid == STATE.pid]
+        writer._exiting = True
+        writer.flush(STATE.cfg.exit_timeout)
+        _publish_report(writer, records)
+        _end_open_runs(writer, final)
         if not writer.close(STATE.cfg.exit_timeout):
             logger.warning("azml_v1_bridge: could not deliver everything within %ss at exit "
                            "(AZML_V1_BRIDGE_EXIT_TIMEOUT)", STATE.cfg.exit_timeout)

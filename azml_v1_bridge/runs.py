@@ -92,6 +92,8 @@ class Registry:
         rec.run_name = name
         rec.tags = {"azureml.v1.run_id": v1_id, LOCAL_ID_TAG: rec.local_id}
         fluent = sys.modules.get("mlflow.tracking.fluent")
+        # The store is fixed when the run is first seen, as mlflow.start_run() would fix it.
+        rec.tracking_uri = config.mlflow_setting(config.MLFLOW_TRACKING_URI)
         if fluent is not None:
             try:
                 import mlflow

@@ -1,0 +1,61 @@
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+
+from servers import MlflowServer  # noqa: E402
+
+# The suite runs strict: a failure inside the bridge raises instead of being logged.
+os.environ["AZML_V1_BRIDGE_STRICT"] = "1"
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+os.environ["AZML_V1_BRIDGE_REPORT"] = "0"
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    """A fresh sqlite MLflow store as the tracking URI, and a client to read it back."""
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    for name in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AZML_V1_BRIDGE_JOURNAL", str(tmp_path / "journal.jsonl"))
+    monkeypatch.chdir(tmp_path)
+    return MlflowClient(uri)
+
+
+@pytest.fixture
+def bridge(store):
+    """The bridge enabled in this process (mode set per test), reset afterwards."""
+    import azml_v1_bridge
+
+    yield azml_v1_bridge
+    azml_v1_bridge.finish()
+    azml_v1_bridge.enable("mirror")
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    server = MlflowServer(str(tmp_path_factory.mktemp("mlflow-server")))
+    server.start()
+    yield server
+    server.stop()
+
+
+def run_script(code: str, tmp_path, env: dict | None = None, args=(), timeout=180, launcher=None):
+    """Run `code` as a script in a fresh interpreter; returns CompletedProcess."""
+    script = tmp_path / "script.py"
+    script.write_text(textwrap.dedent(code))
+    full_env = dict(os.environ)
+    full_env["PYTHONPATH"] = ROOT + os.pathsep + full_env.get("PYTHONPATH", "")
+    full_env.update(env or {})
+    cmd = (launcher or []) + [sys.executable, str(script), *args]
+    return subprocess.run(cmd, cwd=tmp_path, env=full_env, capture_output=True, text=True,
+                          timeout=timeout)

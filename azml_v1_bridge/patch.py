@@ -57,6 +57,7 @@ def _wrapper(method: str):
     def wrapper(wrapped, instance, args, kwargs):
         return bridge.handle(method, wrapped, instance, args, kwargs, standin)
 
+    wrapper._azml_v1_bridge = True
     return wrapper
 
 
@@ -68,7 +69,13 @@ def _read_wrapper(method: str):
             return standin(instance, *args, **kwargs)
         return wrapped(*args, **kwargs)
 
+    wrapper._azml_v1_bridge = True
     return wrapper
+
+
+def is_bridged(attribute) -> bool:
+    """Whether a class attribute is one of our wrappers (not someone else's wrapt proxy)."""
+    return bool(getattr(getattr(attribute, "_self_wrapper", None), "_azml_v1_bridge", False))
 
 
 def _save(cls, name) -> None:
@@ -89,7 +96,7 @@ def _patch_class(cls, methods) -> None:
     for name in methods:
         if name not in cls.__dict__:
             continue  # inherited: the base class wrapper covers it
-        if isinstance(cls.__dict__[name], wrapt.ObjectProxy):
+        if is_bridged(cls.__dict__[name]):
             continue
         _wrap(cls, name, _wrapper(name))
 

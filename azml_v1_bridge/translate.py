@@ -119,12 +119,22 @@ def mlflow_key(name) -> str:
     return key
 
 
+MAX_PATH_PART = 150  # file systems stop at 255 bytes a name; leave room for suffixes
+
+
+def _short_part(part: str) -> str:
+    if len(part.encode("utf-8", "surrogatepass")) <= MAX_PATH_PART:
+        return part
+    digest = format(zlib.crc32(part.encode("utf-8", "surrogatepass")), "08x")
+    return part[: MAX_PATH_PART // 4] + "~" + digest
+
+
 def artifact_name(name) -> str:
-    """A relative artifact path for a v1 name: never absolute, never '..'."""
-    text = str(name).replace("\\", "/")
+    """A relative artifact path for a v1 name: never absolute, never '..', no part too long."""
+    text = str(name).replace("\\", "/").replace("\x00", "_")
     if len(text) > 1 and text[1] == ":":  # drive letter
         text = text[2:]
-    parts = [p for p in text.split("/") if p not in ("", ".", "..")]
+    parts = [_short_part(p) for p in text.split("/") if p not in ("", ".", "..")]
     return "/".join(parts) or "unnamed"
 
 

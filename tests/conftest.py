@@ -1,6 +1,7 @@
 import os
 import subprocess
 import sys
+import tempfile
 import textwrap
 
 import pytest
@@ -11,17 +12,33 @@ sys.path.insert(0, HERE)
 
 from servers import MlflowServer  # noqa: E402
 
+# azureml caches service discovery under ~/.azureml, fixed at its first import:
+# keep the suite's (and the loopback emulator's) away from the real home.
+os.environ["HOME"] = tempfile.mkdtemp(prefix="azml_v1_bridge-home-")
 # The suite runs strict: a failure inside the bridge raises instead of being logged.
 os.environ["AZML_V1_BRIDGE_STRICT"] = "1"
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 os.environ["AZML_V1_BRIDGE_REPORT"] = "0"
 
 
-@pytest.fixture
-def store(tmp_path, monkeypatch):
-    """A fresh sqlite MLflow store as the tracking URI, and a client to read it back."""
+@pytest.fixture(scope="session")
+def empty_store_file(tmp_path_factory):
+    """An sqlite store with MLflow's schema already made (migrations cost ~1 s a store)."""
     from mlflow.tracking import MlflowClient
 
+    path = tmp_path_factory.mktemp("template") / "mlflow.db"
+    MlflowClient(f"sqlite:///{path}").search_experiments()
+    return path
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch, empty_store_file):
+    """A fresh sqlite MLflow store as the tracking URI, and a client to read it back."""
+    import shutil
+
+    from mlflow.tracking import MlflowClient
+
+    shutil.copyfile(empty_store_file, tmp_path / "mlflow.db")
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     for name in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID"):

@@ -51,7 +51,9 @@ API
         arrival order: ``name``, ``value`` (``data[name]`` when present, else
         the whole ``data`` row, e.g. for log_row/log_table), ``data``, ``step``,
         ``metric_id``, ``created_utc``, ``columns``, ``type`` (uxMetricType,
-        e.g. ``azureml.v1.scalar``), ``raw`` (the MetricV2Dto it came in).
+        e.g. ``azureml.v1.scalar``), ``raw`` (the MetricV2Dto it came in),
+        ``api`` (``"v2"``; ``"v1"`` for the legacy history metric routes).
+        Values rejected by ``fail`` are not stored.
     ``tags(run_id)``, ``properties(run_id)`` -> dict
     ``artifacts(run_id)`` -> {artifact path: bytes} (only uploaded blobs)
     ``artifact_paths(run_id)`` -> every path registered via batch metadata,
@@ -69,8 +71,7 @@ API
         ``metric.v1``, ``metricsingest``, ``artifact.create`` (batch
         metadata), ``artifact.list``, ``artifact.contentinfo``,
         ``artifact.prefix``, ``artifact.metadata``, ``artifact.content``,
-        ``blob.put``,
-        ``blob.get``, ``unknown``.  Convenience aliases: ``tags`` / ``properties``
+        ``blob.put``, ``blob.get``, ``unknown``.  Convenience aliases: ``tags`` / ``properties``
         / ``display_name`` / ``description`` (run.patch requests whose body
         contains that field), ``artifact`` (includes ``blob.*``).
     ``unhandled()`` -> requests nobody routed (replied 404), should be empty.
@@ -94,16 +95,57 @@ API
     Downloads need no patch: azureml-core only uses the blob SDK for URLs
     matching ``https://*.blob.core.windows.net/...``; others are plain GETs.
 
+What azureml-core 1.61 sends (observed through this emulator)
+-------------------------------------------------------------
+* get_context: GET discovery (once per discovery URL, then cached on disk),
+  GET run.
+* log / log_list / log_row / log_table: nothing at call time; a 1 s daemon (or
+  flush) POSTs ``{"values": [MetricV2Dto...], "reportErrors": true}`` to the v2
+  metric ``/batch`` route, at most 45 dtos per POST, batches in parallel.  One
+  dto per call: log_list -> one dto with N values; log_row -> one dto, one
+  value whose data is the row (uxMetricType ``azureml.v1.table``); log_table ->
+  one dto with one value per row.  flush/complete end with GET
+  ``.../metricsingest/wait``.
+* log_image / log_confusion_matrix / log_accuracy_table / log_predictions /
+  log_residuals: synchronously, inside the call, POST batch/metadata + blob PUT
+  (image bytes, or ``json.dumps(value)`` named after the metric; log_image(path=)
+  uses the local path *as given* as artifact name, plot= uses
+  ``{name}_{unix time}.png``), then a queued metric whose column type is
+  ``Artifact`` and value ``aml://artifactId/ExperimentRun/{container}/{path}``
+  (uxMetricType ``azureml.v2.image`` / ``azureml.v2.confusion_matrix`` ...).
+* tag / set_tags / add_properties / display_name / description: one
+  synchronous PATCH of the run each (non-string tag values stringified
+  client-side, ``tag(k)`` sends ``null``).  remove_tags: DELETE .../tags.
+* child_run: PATCH (create, ``parentRunId``, status NotStarted, name ``">"+name``)
+  then Start event.  create_children: PATCH .../batch/runs then POST
+  .../batch/events (Start events).
+* _SubmittedRun.complete(): flush only (no status event);
+  _SubmittedRun.fail(): flush + ``Run.Error`` event only; _SubmittedRun.cancel():
+  no traffic (warning).  Child (plain) runs post Completed / Error+Failed /
+  Canceled events.
+* A failed metric POST never raises from ``log``; it raises from the next
+  flush()/complete() after ClientBase retries (none for most 4xx, immediate for
+  408/502/504, 2/4/8 s for 500, 2-10 s for 503, 32 s for 429) and one more round
+  after a fixed 3 s pause in ``MetricsClient._log_batch_v2``.  The failed batch
+  is dropped, not re-queued.
+
 Notes / limits
 --------------
 * ``_SubmittedRun`` objects and token auth are cached per process by
   (subscription, group, workspace, experiment, run id): use a unique run id per
   test (``unique_run_id()`` helps).
 * The discovery cache file path is fixed when
-  ``azureml._base_sdk_common.service_discovery`` is imported (default argument
-  built from ``~``), so HOME from ``env()`` only isolates it if azureml is
-  imported afterwards (e.g. in a subprocess).  The discovery URL is unique per
-  emulator instance, so stale cache entries are never reused.
+  ``azureml._base_sdk_common.service_discovery`` is first imported (default
+  argument built from ``~``), so HOME from ``env()`` only isolates it if azureml
+  is imported afterwards (``submitted_run`` sets HOME before importing azureml;
+  a subprocess is always fine).  If something imported azureml earlier, each
+  emulator adds one entry to the real ``~/.azureml/.discovery``; set HOME to a
+  temp dir before azureml is imported (e.g. in conftest) to avoid that, and see
+  ``azureml_discovery_cache_path()``.  The discovery URL is unique per emulator
+  instance, so stale cache entries are never reused.
+* Each ``_SubmittedRun`` keeps a metrics daemon timer (1 s) for the life of the
+  process; flush before stopping the emulator, or queued values are posted to
+  a dead port in the background (retries + logged errors).
 * Run properties are merged like tags (the real service refuses to change an
   existing property; the emulator does not).
 """
@@ -123,7 +165,7 @@ import tempfile
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
@@ -137,6 +179,7 @@ __all__ = [
     "loopback_blob_uploads",
     "make_jwt",
     "unique_run_id",
+    "azureml_discovery_cache_path",
 ]
 
 SUBSCRIPTION = "00000000-0000-0000-0000-000000000000"
@@ -1011,6 +1054,20 @@ def submitted_run(emu: RunHistoryEmulator, run_id: str, experiment: str = "exp",
         raise RuntimeError("Run.get_context() returned {!r}, not a _SubmittedRun; is an env var missing?"
                            .format(type(run)))
     return run
+
+
+def azureml_discovery_cache_path() -> str | None:
+    """Where azureml-core writes its discovery cache in this process (None if not imported yet).
+
+    The path is a default argument evaluated from ``~`` when
+    ``azureml._base_sdk_common.service_discovery`` is first imported; read-only helper.
+    """
+    import sys
+
+    mod = sys.modules.get("azureml._base_sdk_common.service_discovery")
+    if mod is None:
+        return None
+    return mod.CachedServiceDiscovery.__init__.__defaults__[0]
 
 
 def _is_loopback(url: str) -> bool:

@@ -1,0 +1,431 @@
+"""Every row of the README mapping table, in mirror and mlflow modes.
+
+Real `Run.get_context()` offline runs, a real sqlite MLflow store, read back
+with MlflowClient.
+"""
+import io
+import json
+import os
+
+import pytest
+
+MODES = ["mirror", "mlflow"]
+
+
+@pytest.fixture(params=MODES)
+def mode(request, bridge):
+    bridge.enable(request.param)
+    return request.param
+
+
+def v1_run():
+    from azureml.core import Run
+
+    run = Run.get_context()
+    assert type(run).__name__ == "_OfflineRun"
+    return run
+
+
+def mlflow_run(run, client):
+    import azml_v1_bridge
+
+    run.flush()
+    return client.get_run(azml_v1_bridge.mlflow_run_id(run))
+
+
+def history(client, run_id, key):
+    return [(m.step, m.value) for m in sorted(client.get_metric_history(run_id, key),
+                                             key=lambda m: m.step)]
+
+
+def artifact_bytes(client, run_id, path, tmp_path):
+    local = client.download_artifacts(run_id, path, str(tmp_path))
+    with open(local, "rb") as fh:
+        return fh.read()
+
+
+def test_log_number_steps_count_per_name(mode, store):
+    run = v1_run()
+    for v in (0.5, 0.25, 0.125):
+        run.log("loss", v)
+    run.log("acc", 1)
+    r = mlflow_run(run, store)
+    assert history(store, r.info.run_id, "loss") == [(0, 0.5), (1, 0.25), (2, 0.125)]
+    assert history(store, r.info.run_id, "acc") == [(0, 1.0)]
+    assert r.data.tags["azureml.v1.run_id"] == run.id
+
+
+def test_log_timestamp_is_call_time(mode, store):
+    import time
+
+    run = v1_run()
+    before = int(time.time() * 1000)
+    run.log("t", 1.0)
+    after = int(time.time() * 1000)
+    r = mlflow_run(run, store)
+    (point,) = store.get_metric_history(r.info.run_id, "t")
+    assert before <= point.timestamp <= after
+
+
+def test_log_explicit_step(store, bridge):
+    bridge.enable("mlflow")
+    run = v1_run()
+    run.log("x", 1.0, step=10)
+    run.log("x", 2.0, step=20)
+    r = mlflow_run(run, store)
+    assert history(store, r.info.run_id, "x") == [(10, 1.0), (20, 2.0)]
+
+
+def test_offline_step_is_v1s_type_error_in_mirror(store, bridge):
+    bridge.enable("mirror")
+    run = v1_run()
+    with pytest.raises(TypeError):
+        run.log("x", 1.0, step=3)  # _OfflineRun.log has no step: v1's own quirk stays
+    run.log("y", 1.0)
+    r = mlflow_run(run, store)
+    assert "x" not in r.data.metrics and r.data.metrics["y"] == 1.0
+
+
+def test_log_bool(mode, store):
+    run = v1_run()
+    run.log("flag", True)
+    run.log("flag", False)
+    r = mlflow_run(run, store)
+    assert history(store, r.info.run_id, "flag") == [(0, 1.0), (1, 0.0)]
+
+
+def test_log_string_appends_to_text_artifact(mode, store, tmp_path):
+    run = v1_run()
+    run.log("phase", "warmup")
+    run.log("phase", "train")
+    run.log("phase", "eval")
+    r = mlflow_run(run, store)
+    assert artifact_bytes(store, r.info.run_id, "phase.txt", tmp_path) == b"warmup\ntrain\neval\n"
+    assert "phase" not in r.data.metrics
+
+
+def test_log_list_consecutive_steps_and_generators(mode, store):
+    run = v1_run()
+    run.log_list("series", [1, 2, 3])
+    run.log_list("series", (x * 10 for x in range(2)))  # a generator is consumed once
+    r = mlflow_run(run, store)
+    assert history(store, r.info.run_id, "series") == [(0, 1.0), (1, 2.0), (2, 3.0), (3, 0.0), (4, 10.0)]
+
+
+def test_log_list_shares_counter_with_log(mode, store):
+    run = v1_run()
+    run.log("m", 5)
+    run.log_list("m", [6, 7])
+    r = mlflow_run(run, store)
+    assert history(store, r.info.run_id, "m") == [(0, 5.0), (1, 6.0), (2, 7.0)]
+
+
+def test_log_list_not_numeric_goes_to_json(mode, store, tmp_path):
+    run = v1_run()
+    run.log_list("labels", ["cat", 2, None])
+    r = mlflow_run(run, store)
+    assert json.loads(artifact_bytes(store, r.info.run_id, "labels.json", tmp_path)) == ["cat", 2, None]
+    assert "labels" not in r.data.metrics
+
+
+def test_log_row(mode, store, tmp_path):
+    run = v1_run()
+    for epoch in range(3):
+        run.log_row("perf", epoch=epoch, loss=1.0 / (epoch + 1), note=f"e{epoch}")
+    r = mlflow_run(run, store)
+    assert history(store, r.info.run_id, "perf.epoch") == [(0, 0.0), (1, 1.0), (2, 2.0)]
+    assert history(store, r.info.run_id, "perf.loss") == [(0, 1.0), (1, 0.5), (2, 1 / 3)]
+    assert "perf.note" not in r.data.metrics
+    table = json.loads(artifact_bytes(store, r.info.run_id, "perf.json", tmp_path))
+    assert table == {"epoch": [0, 1, 2], "loss": [1.0, 0.5, 1 / 3], "note": ["e0", "e1", "e2"]}
+
+
+def test_log_table(mode, store, tmp_path):
+    run = v1_run()
+    run.log_table("tbl", {"col1": [1, 2, 3], "col2": [4, 5, 6], "label": ["a", "b", "c"]})
+    run.log_row("tbl", col1=7, col2=8, label="d")  # rows continue the same table
+    r = mlflow_run(run, store)
+    assert history(store, r.info.run_id, "tbl.col1") == [(0, 1.0), (1, 2.0), (2, 3.0), (3, 7.0)]
+    assert history(store, r.info.run_id, "tbl.col2") == [(0, 4.0), (1, 5.0), (2, 6.0), (3, 8.0)]
+    table = json.loads(artifact_bytes(store, r.info.run_id, "tbl.json", tmp_path))
+    assert table == {"col1": [1, 2, 3, 7], "col2": [4, 5, 6, 8], "label": ["a", "b", "c", "d"]}
+
+
+def test_log_image_path_keeps_bytes_and_never_overwrites(mode, store, tmp_path):
+    first, second = tmp_path / "a.png", tmp_path / "b.png"
+    first.write_bytes(b"\x89PNG first image bytes")
+    second.write_bytes(b"\x89PNG second image bytes")
+    run = v1_run()
+    run.log_image("sample", path=str(first))
+    run.log_image("sample", path=str(second))
+    first.write_bytes(b"changed after the call")  # the call's snapshot is what lands
+    r = mlflow_run(run, store)
+    out = tmp_path / "out"
+    out.mkdir()
+    assert artifact_bytes(store, r.info.run_id, "sample.png", out) == b"\x89PNG first image bytes"
+    assert artifact_bytes(store, r.info.run_id, "sample_1.png", out) == b"\x89PNG second image bytes"
+
+
+def test_log_image_plot_is_the_users_figure(mode, store, tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    plt.figure(figsize=(2, 2))
+    plt.plot([1, 2, 3], color="red", linewidth=8)
+    run = v1_run()
+    run.log_image("curve", plot=plt)
+    plt.close("all")
+    r = mlflow_run(run, store)
+    images = [a.path for a in store.list_artifacts(r.info.run_id, "images")]
+    pngs = [p for p in images if p.endswith(".png") and "compressed" not in p]
+    assert len(pngs) == 1 and "curve" in pngs[0]
+    data = artifact_bytes(store, r.info.run_id, pngs[0], tmp_path)
+    pixels = plt.imread(io.BytesIO(data))
+    red = (pixels[..., 0] > 0.8) & (pixels[..., 1] < 0.3) & (pixels[..., 2] < 0.3)
+    assert red.sum() > 50  # the user's red line, not Microsoft's empty new figure
+    assert pixels.shape[:2] == (200, 200)
+
+
+@pytest.mark.parametrize("method,obj", [
+    ("log_confusion_matrix", {"schema_type": "confusion_matrix", "schema_version": "v1",
+                              "data": {"class_labels": ["0", "1"], "matrix": [[3, 0], [1, 2]]}}),
+    ("log_accuracy_table", {"schema_type": "accuracy_table", "schema_version": "v1",
+                            "data": {"probability_tables": [[[5, 5, 0, 0], [0, 0, 5, 5]], [[5, 5, 0, 0], [0, 0, 5, 5]]],
+                                     "percentile_tables": [], "class_labels": ["0", "1"],
+                                     "probability_thresholds": [0.5], "percentile_thresholds": [0.5]}}),
+    ("log_predictions", {"schema_type": "predictions", "schema_version": "v1",
+                         "data": {"bin_averages": [0.25, 0.75], "bin_errors": [0.013, 0.042],
+                                  "bin_counts": [56, 34], "bin_edges": [0.0, 0.5, 1.0]}}),
+    ("log_residuals", {"schema_type": "residuals", "schema_version": "v1",
+                       "data": {"bin_edges": [50, 100, 200], "bin_counts": [0.88, 20]}}),
+])
+@pytest.mark.parametrize("as_string", [True, False])
+def test_rich_metrics_json_parsed_once(mode, store, tmp_path, method, obj, as_string):
+    run = v1_run()
+    getattr(run, method)("rich", json.dumps(obj) if as_string else obj)
+    r = mlflow_run(run, store)
+    # a JSON string is parsed first: the artifact holds the object, not a string of it
+    assert json.loads(artifact_bytes(store, r.info.run_id, "rich.json", tmp_path)) == obj
+
+
+def test_tags(mode, store):
+    run = v1_run()
+    run.tag("owner", "ml-team")
+    run.tag("candidate")
+    run.set_tags({"a": 1, "b": None})
+    run.tag("owner", "release")  # tags are mutable
+    r = mlflow_run(run, store)
+    tags = r.data.tags
+    assert tags["owner"] == "release" and tags["candidate"] == "" and tags["a"] == "1" and tags["b"] == ""
+
+
+def test_properties_are_params_write_once(mode, store):
+    run = v1_run()
+    run.add_properties({"lr": 0.1, "opt": "adam"})
+    run.add_properties({"lr": 0.1})         # same value again: nothing to do
+    run.add_properties({"lr": 0.2})         # v1 properties are immutable: kept aside, not lost
+    r = mlflow_run(run, store)
+    assert r.data.params == {"lr": "0.1", "opt": "adam"}
+    assert r.data.tags["azml_v1_bridge.property_conflict.lr"] == "0.2"
+
+
+def test_upload_file_files_folder(mode, store, tmp_path):
+    src = tmp_path / "src"
+    (src / "nested" / "deeper").mkdir(parents=True)
+    (src / "top.txt").write_text("top")
+    (src / "nested" / "deeper" / "leaf.bin").write_bytes(bytes(range(256)))
+    one = tmp_path / "one.txt"
+    one.write_text("one")
+    run = v1_run()
+    run.upload_file("reports/one.txt", str(one))
+    run.upload_file("stream.txt", io.BytesIO(b"from a stream"))
+    run.upload_files(["x/1.txt", "x/2.txt"], [str(one), str(src / "top.txt")])
+    run.upload_folder("tree", str(src))
+    r = mlflow_run(run, store)
+    out = tmp_path / "out"
+    out.mkdir()
+    rid = r.info.run_id
+    assert artifact_bytes(store, rid, "reports/one.txt", out) == b"one"
+    assert artifact_bytes(store, rid, "stream.txt", out) == b"from a stream"
+    assert artifact_bytes(store, rid, "x/2.txt", out) == b"top"
+    assert artifact_bytes(store, rid, "tree/nested/deeper/leaf.bin", out) == bytes(range(256))
+
+
+def test_upload_names_never_leave_the_artifact_root(mode, store, tmp_path):
+    one = tmp_path / "one.txt"
+    one.write_text("payload")
+    run = v1_run()
+    run.upload_file("../../escape.txt", str(one))
+    run.upload_file("/etc/abs.txt", str(one))
+    r = mlflow_run(run, store)
+    root = r.info.artifact_uri.replace("file://", "")
+    paths = []
+    for folder, _, files in os.walk(root):
+        paths += [os.path.relpath(os.path.join(folder, f), root) for f in files]
+    assert sorted(paths) == ["escape.txt", "etc/abs.txt"]
+    assert not (tmp_path / "escape.txt").exists()
+
+
+@pytest.mark.parametrize("end,status", [("complete", "FINISHED"), ("fail", "FAILED"), ("cancel", "KILLED")])
+def test_terminal_status(mode, store, end, status):
+    run = v1_run()
+    run.log("x", 1)
+    getattr(run, end)()
+    import azml_v1_bridge
+
+    r = store.get_run(azml_v1_bridge.mlflow_run_id(run))
+    assert r.info.status == status
+    assert r.data.metrics["x"] == 1.0  # the data landed before the status
+
+
+def test_fail_keeps_error_details(mode, store):
+    run = v1_run()
+    run.fail(error_details=ValueError("diverged"), error_code="NaNLoss")
+    import azml_v1_bridge
+
+    r = store.get_run(azml_v1_bridge.mlflow_run_id(run))
+    assert r.info.status == "FAILED"
+    assert r.data.tags["azureml.v1.error_details"] == "diverged"
+    assert r.data.tags["azureml.v1.error_code"] == "NaNLoss"
+
+
+def test_child_runs_nest(mode, store):
+    run = v1_run()
+    run.log("parent_metric", 1)
+    child = run.child_run("fold-1")
+    child.log("fold_metric", 2)
+    child.complete()
+    import azml_v1_bridge
+
+    parent_id = azml_v1_bridge.mlflow_run_id(run)
+    c = store.get_run(azml_v1_bridge.mlflow_run_id(child))
+    assert c.data.tags["mlflow.parentRunId"] == parent_id
+    assert c.info.run_name == "fold-1" and c.info.status == "FINISHED"
+    assert c.data.metrics == {"fold_metric": 2.0}
+
+
+def test_create_children_in_mlflow_mode_even_offline(store, bridge):
+    bridge.enable("mlflow")
+    run = v1_run()
+    children = run.create_children(count=3)  # _OfflineRun lacks it in v1; job scripts need it
+    assert len(children) == 3
+    for i, child in enumerate(children):
+        child.log("i", i)
+    run.flush()
+    import azml_v1_bridge
+
+    parent_id = azml_v1_bridge.mlflow_run_id(run)
+    for i, child in enumerate(children):
+        c = store.get_run(azml_v1_bridge.mlflow_run_id(child))
+        assert c.data.tags["mlflow.parentRunId"] == parent_id
+        assert c.data.tags["azureml.batch_child_number"] == str(i)
+        assert c.data.metrics == {"i": float(i)}
+
+
+def test_with_block_ends_finished_or_failed(mode, store):
+    import azml_v1_bridge
+
+    run = v1_run()
+    ok = run.child_run("ok")
+    with ok as entered:
+        assert entered is ok
+        entered.log("x", 1)
+    bad = run.child_run("bad")
+    with pytest.raises(RuntimeError):
+        with bad:
+            raise RuntimeError("boom")
+    assert store.get_run(azml_v1_bridge.mlflow_run_id(ok)).info.status == "FINISHED"
+    failed = store.get_run(azml_v1_bridge.mlflow_run_id(bad))
+    assert failed.info.status == "FAILED"
+    assert "boom" in failed.data.tags["azureml.v1.error_details"]
+
+
+def test_display_name_and_description(mode, store):
+    run = v1_run()
+    run.display_name = "my nice run"
+    run.description = "what this run tries"
+    r = mlflow_run(run, store)
+    assert r.info.run_name == "my nice run"
+    assert r.data.tags["mlflow.note.content"] == "what this run tries"
+    assert run.display_name == "my nice run"
+
+
+def test_flush_returns_after_everything_is_in(mode, store):
+    import azml_v1_bridge
+
+    run = v1_run()
+    for i in range(2500):
+        run.log("m", i)
+    run.flush()
+    rid = azml_v1_bridge.mlflow_run_id(run)
+    assert len(store.get_metric_history(rid, "m")) == 2500
+
+
+def test_get_metrics_in_mlflow_mode_reads_back_v1_shape(store, bridge):
+    bridge.enable("mlflow")
+    run = v1_run()
+    run.log("single", 0.5)
+    run.log("many", 1)
+    run.log("many", 2)
+    run.log_row("tbl", a=1, b=2)
+    run.log_row("tbl", a=3, b=4)
+    assert run.get_metrics() == {"single": 0.5, "many": [1.0, 2.0], "tbl": {"a": [1.0, 3.0], "b": [2.0, 4.0]}}
+    assert run.get_metrics("many") == {"many": [1.0, 2.0]}
+
+
+def test_experiment_from_env_and_set_experiment(store, bridge, monkeypatch):
+    import mlflow
+
+    bridge.enable("mlflow")
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "from-env")
+    run = v1_run()
+    run.log("x", 1)
+    r = mlflow_run(run, store)
+    assert store.get_experiment(r.info.experiment_id).name == "from-env"
+
+    bridge.finish()
+    mlflow.set_experiment("set-in-process")  # wins over the variable, as in mlflow.start_run()
+    try:
+        run2 = v1_run()
+        run2.log("x", 1)
+        r2 = mlflow_run(run2, store)
+        assert store.get_experiment(r2.info.experiment_id).name == "set-in-process"
+    finally:
+        mlflow.tracking.fluent._active_experiment_id = None
+        os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
+
+
+def test_adopts_mlflow_run_id_and_users_active_run(store, bridge, monkeypatch):
+    import mlflow
+
+    bridge.enable("mlflow")
+    existing = store.create_run("0")
+    monkeypatch.setenv("MLFLOW_RUN_ID", existing.info.run_id)
+    run = v1_run()
+    run.log("x", 1)
+    run.flush()
+    assert store.get_run(existing.info.run_id).data.metrics == {"x": 1.0}
+    bridge.finish()
+    assert store.get_run(existing.info.run_id).info.status == "RUNNING"  # not ours to end
+    monkeypatch.delenv("MLFLOW_RUN_ID")
+
+    with mlflow.start_run() as active:  # a half-migrated script
+        run2 = v1_run()
+        run2.log("y", 2)
+        run2.flush()
+        assert store.get_run(active.info.run_id).data.metrics == {"y": 2.0}
+
+
+def test_mirror_into_the_same_run_writes_once(store, bridge, monkeypatch):
+    from azureml.core.run import _OfflineRun
+
+    bridge.enable("mirror")
+    existing = store.create_run("0")
+    monkeypatch.setenv("MLFLOW_RUN_ID", existing.info.run_id)
+    run = _OfflineRun(run_id=existing.info.run_id)  # the v1 run *is* the MLflow run
+    run.log("x", 1)
+    run.flush()
+    assert store.get_run(existing.info.run_id).data.metrics == {}

@@ -16,12 +16,15 @@ import sys
 import threading
 import time
 import uuid
+from threading import get_ident
 
 from . import config
 from .deliver import Writer, describe_error
 from .ops import ArtifactFile, Artifact, CreateRun, End, Note, Tag
-from .runs import Registry
+from .runs import ATTR, Registry
 from .translate import TRANSLATORS, Call, NewRun
+
+_time = time.time
 
 logger = logging.getLogger("azml_v1_bridge")
 
@@ -54,7 +57,10 @@ class State:
 
 
 STATE = State()
-_local = threading.local()
+_inside: set = set()  # threads inside a v1 method called through the bridge
+_PREPARED = frozenset(("log_list", "upload_file"))
+# Methods whose ops may name user files, snapshotted on the caller's thread.
+_STAGED = frozenset(("log_image", "upload_file", "upload_files", "upload_folder"))
 
 
 def _failed(kind: str, exc: BaseException) -> None:
@@ -70,21 +76,23 @@ def _failed(kind: str, exc: BaseException) -> None:
 # ---------------------------------------------------------------- the call
 
 def handle(method: str, wrapped, instance, args, kwargs, standin=None):
-    """The body of every wrapper (see patch.py)."""
-    if getattr(_local, "inside", False):  # v1 calling itself: emit once, at the outer call
+    """The body of every wrapper (see patch.py). Kept lean: it runs on every v1 call."""
+    thread = get_ident()
+    if thread in _inside:  # v1 calling itself (Run.tag -> set_tags): emit once, at the outer call
         return wrapped(*args, **kwargs)
-    try:
-        args, kwargs = _prepare(method, args, kwargs)
-    except Exception as exc:
-        _failed("preparing " + method, exc)
+    if method in _PREPARED:
+        try:
+            args, kwargs = _prepare(method, args, kwargs)
+        except Exception as exc:
+            _failed("preparing " + method, exc)
     if STATE.mode == "mlflow":
         result = standin(instance, *args, **kwargs) if standin is not None else None
     else:
-        _local.inside = True
+        _inside.add(thread)
         try:
             result = wrapped(*args, **kwargs)
         finally:
-            _local.inside = False
+            _inside.discard(thread)
     try:
         emit(method, instance, args, kwargs, result)
     except _UserTypeError as exc:
@@ -131,16 +139,17 @@ def _buffer(stream):
 
 
 def emit(method, instance, args, kwargs, result) -> None:
-    mode = STATE.mode
     if method == "start_logging":
         record, fresh = None, False
     else:
-        record, fresh = STATE.registry.record_for(instance, mode)
+        record = instance.__dict__.get(ATTR)
+        fresh = False
+        if record is None:
+            record, fresh = STATE.registry.record_for(instance, STATE.mode)
         if record.muted:
             _warn_same_run(record)
             return
-    call = Call(record.state if record is not None else None, int(time.time() * 1000),
-                result, instance)
+    call = Call(record.state if record is not None else None, int(_time() * 1000), result, instance)
     try:
         ops = TRANSLATORS[method](call, *args, **kwargs)
     except TypeError as exc:
@@ -148,20 +157,23 @@ def emit(method, instance, args, kwargs, result) -> None:
             # the arguments do not fit the v1 signature: the user's error, as in v1
             raise _UserTypeError(exc) from None
         raise
-    writer = STATE.get_writer()
+    writer = STATE.writer or STATE.get_writer()
     if ops and type(ops[0]) is NewRun:
         ops = _new_runs(record, ops, writer)
     if record is None:
         return
     if fresh:
         ops.insert(0, CreateRun())
-    ops = _stage(ops, writer)
-    if method in BLOCKING and any(type(op) is End for op in ops):
-        record.ended = True
-        ops = _with_outputs(record, ops)
-    writer.submit(record, method, ops)
+    if method in _STAGED:
+        ops = _stage(ops, writer)
     if method in BLOCKING:
+        if any(type(op) is End for op in ops):
+            record.ended = True
+            ops = _with_outputs(record, ops)
+        writer.submit(record, method, ops)
         _wait(writer)
+    else:
+        writer.submit(record, method, ops)
 
 
 def _new_runs(parent, ops, writer) -> list:

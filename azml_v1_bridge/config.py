@@ -144,3 +144,6 @@ def redact(text: str) -> str:
 def mlflow_setting(name: str) -> str | None:
     value = os.environ.get(name, "").strip()
     return value or None
+
+# Python's own: `azml-v1-bridge run` puts the bootstrap folder (sitecustomize) first on it.
+PYTHONPATH = "PYTHONPATH"

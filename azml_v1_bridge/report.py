@@ -1,6 +1,225 @@
-"""End-of-run report: placeholder until the report issue lands (see publish)."""
+"""End-of-run report: what the bridge did with every v1 call, per MLflow run.
+
+`publish` runs once per process at exit (and at `finish()`), after everything
+logged so far was delivered and before the runs are ended. For each MLflow run
+this process wrote to it stores `azml_v1_bridge/report.json` in the run and
+prints a short table to stderr (AZML_V1_BRIDGE_REPORT=0 silences the table;
+the artifact is always written).
+
+When many processes share one run (`azml-v1-bridge run --one-run`), each
+writes `azml_v1_bridge/reports/<rank or host-pid>.json` instead and the
+launcher merges them into `azml_v1_bridge/report.json` (see `merge`).
+"""
 from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+
+from . import config
+from .ops import Artifact
+
+ARTIFACT = "azml_v1_bridge/report.json"
+PART_DIR = "azml_v1_bridge/reports"
+SCHEMA = 1
+MAX_NOTES = 500        # distinct (what, name) entries kept in the JSON
+MAX_SHOWN = 3          # detail lines per kind in the printed table
+
+_published: set = set()  # local ids already reported by this process
 
 
 def publish(writer, records, cfg) -> None:
-    return None
+    """Store the report of every run this process owns, and print the table."""
+    stats = getattr(writer, "stats", None)
+    if not stats:
+        return  # nothing was ever logged: stay cheap
+    pid = os.getpid()
+    groups: dict = {}
+    for record in records:
+        if (record.owner_pid != pid or record.muted or record.local_id in _published
+                or record.local_id not in stats):
+            continue
+        _published.add(record.local_id)
+        key = record.mlflow_run_id or record.local_id
+        groups.setdefault(key, []).append(record)
+    if not groups:
+        return
+    journal = getattr(getattr(writer, "journal", None), "path", None)
+    reports = []
+    for members in groups.values():
+        report = build(members, [stats[r.local_id] for r in members], cfg, journal)
+        reports.append((members[0], report))
+        writer.submit(members[0], None, [Artifact(artifact_path(members[0], cfg),
+                                                  _dump(report))])
+    writer.flush(cfg.exit_timeout)
+    if cfg.report:
+        try:
+            sys.stderr.write(render([r for _, r in reports]))
+            sys.stderr.flush()
+        except (OSError, ValueError):  # stderr closed at exit
+            pass
+
+
+def artifact_path(record, cfg) -> str:
+    """report.json, or this process's part when the launcher's run is shared by many."""
+    shared = (cfg.launcher_run_id is not None and record.adopted
+              and record.mlflow_run_id == cfg.launcher_run_id)
+    if not shared:
+        return ARTIFACT
+    who = f"rank{cfg.rank}" if cfg.rank else f"{socket.gethostname()}-{os.getpid()}"
+    return f"{PART_DIR}/{_safe(who)}.json"
+
+
+def _safe(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)
+
+
+def build(records, stats_list, cfg, journal: str | None) -> dict:
+    """The report of one MLflow run (several records only when they share it)."""
+    first = records[0]
+    calls: dict = {}
+    renamed: dict = {}
+    notes: dict = {}
+    points = artifacts = failures = journaled = 0
+    for stats in stats_list:
+        for method, n in stats.calls.items():
+            if method is not None:  # None: the bridge's own work (run creation, this report)
+                calls[method] = calls.get(method, 0) + n
+        points += stats.metric_points
+        artifacts += stats.artifacts
+        failures += stats.delivery_failures
+        journaled += stats.journaled
+        renamed.update(stats.renamed)
+        for note in stats.notes:
+            _add_note(notes, note)
+    parent = first.parent.mlflow_run_id if first.parent is not None else None
+    return {
+        "schema": SCHEMA,
+        "mlflow_run_id": first.mlflow_run_id,
+        "v1_run_ids": [r.v1_id for r in records],
+        "parent_mlflow_run_id": parent,
+        # None and no name: the writer used MLflow's default experiment.
+        "experiment_id": first.experiment_id or (None if first.adopted or first.experiment_name else "0"),
+        "experiment_name": first.experiment_name,
+        "mode": _mode(),
+        "process": {"host": socket.gethostname(), "pid": os.getpid(), "rank": cfg.rank,
+                    "argv0": os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else None},
+        "calls": dict(sorted(calls.items(), key=lambda kv: (-kv[1], kv[0]))),
+        "total_calls": sum(calls.values()),
+        "metric_points": points,
+        "artifacts": artifacts,
+        "renamed": renamed,
+        "notes": list(notes.values()),
+        "notes_truncated": sum(n["count"] for n in notes.values()) < sum(len(s.notes) for s in stats_list),
+        "delivery_failures": failures,
+        "journaled": journaled,
+        "journal": journal if journaled else None,
+    }
+
+
+def _add_note(notes: dict, note: dict) -> None:
+    key = (note.get("what"), note.get("name"))
+    entry = notes.get(key)
+    if entry is not None:
+        entry["count"] += 1
+    elif len(notes) < MAX_NOTES:
+        notes[key] = {"what": note.get("what"), "name": note.get("name"),
+                      "detail": config.redact(str(note.get("detail"))), "count": 1}
+
+
+def _mode() -> str | None:
+    bridge = sys.modules.get("azml_v1_bridge.bridge")
+    return getattr(getattr(bridge, "STATE", None), "mode", None)
+
+
+def _dump(report: dict) -> bytes:
+    return json.dumps(report, indent=1, ensure_ascii=False, default=str).encode("utf-8")
+
+
+# ---------------------------------------------------------------- the table
+
+def render(reports: list) -> str:
+    """A short table for stderr: one line per run, detail lines only for what needs a look."""
+    header = ("run", "calls", "points", "artifacts", "renamed", "changed", "failed")
+    rows = []
+    for r in reports:
+        run = r["mlflow_run_id"] or "(not created)"
+        rows.append((run, str(r["total_calls"]), str(r["metric_points"]), str(r["artifacts"]),
+                     str(len(r["renamed"])), str(sum(n["count"] for n in r["notes"])),
+                     str(r["delivery_failures"])))
+    widths = [max(len(row[i]) for row in rows + [header]) for i in range(len(header))]
+    line = lambda row: "  " + "  ".join(c.ljust(w) if i == 0 else c.rjust(w)  # noqa: E731
+                                        for i, (c, w) in enumerate(zip(row, widths))).rstrip()
+    out = [f"azml_v1_bridge report ({_mode() or '?'} mode; details in each run's {ARTIFACT}):",
+           line(header)]
+    for r, row in zip(reports, rows):
+        out.append(line(row))
+        if r["calls"]:
+            out.append("    calls: " + ", ".join(f"{k} {v}" for k, v in r["calls"].items()))
+        renamed = list(r["renamed"].items())
+        if renamed:
+            shown = ", ".join(f"{_short(a)!r} -> {_short(b)!r}" for a, b in renamed[:MAX_SHOWN])
+            more = f" (+{len(renamed) - MAX_SHOWN} more)" if len(renamed) > MAX_SHOWN else ""
+            out.append(f"    renamed: {shown}{more}")
+        by_kind: dict = {}
+        for note in r["notes"]:
+            by_kind.setdefault(note["what"], []).append(note)
+        for what, notes in by_kind.items():
+            names = ", ".join(repr(_short(str(n["name"]))) for n in notes[:MAX_SHOWN])
+            more = f" (+{len(notes) - MAX_SHOWN} more)" if len(notes) > MAX_SHOWN else ""
+            count = sum(n["count"] for n in notes)
+            out.append(f"    {what} x{count}: {names}{more}: {_short(notes[0]['detail'], 80)}")
+        if r["journaled"]:
+            out.append(f"    journaled {r['journaled']} item(s) to {r['journal']}; deliver them "
+                       f"with `azml-v1-bridge replay {r['journal']}`")
+        elif r["delivery_failures"]:
+            out.append(f"    {r['delivery_failures']} item(s) were not delivered (see the warnings above)")
+    return config.redact("\n".join(out)) + "\n"
+
+
+def _short(text: str, limit: int = 40) -> str:
+    text = str(text)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+# ---------------------------------------------------------------- --one-run
+
+def merge(parts: list) -> dict:
+    """One report.json from the per-process parts of a shared run (launcher side)."""
+    calls: dict = {}
+    renamed: dict = {}
+    notes: dict = {}
+    total = {"metric_points": 0, "artifacts": 0, "delivery_failures": 0, "journaled": 0}
+    journals = []
+    for part in parts:
+        for method, n in part.get("calls", {}).items():
+            calls[method] = calls.get(method, 0) + n
+        for name in total:
+            total[name] += int(part.get(name) or 0)
+        renamed.update(part.get("renamed") or {})
+        for note in part.get("notes") or []:
+            key = (note.get("what"), note.get("name"))
+            if key in notes:
+                notes[key]["count"] += note.get("count", 1)
+            elif len(notes) < MAX_NOTES:
+                notes[key] = dict(note)
+        if part.get("journal"):
+            journals.append(part["journal"])
+    first = parts[0] if parts else {}
+    return {
+        "schema": SCHEMA,
+        "mlflow_run_id": first.get("mlflow_run_id"),
+        "v1_run_ids": [v for p in parts for v in p.get("v1_run_ids", [])],
+        "parent_mlflow_run_id": None,
+        "experiment_id": first.get("experiment_id"),
+        "mode": first.get("mode"),
+        "processes": [p.get("process") for p in parts],
+        "calls": dict(sorted(calls.items(), key=lambda kv: (-kv[1], kv[0]))),
+        "total_calls": sum(calls.values()),
+        **total,
+        "renamed": renamed,
+        "notes": list(notes.values()),
+        "notes_truncated": any(p.get("notes_truncated") for p in parts),
+        "journal": journals[0] if len(journals) == 1 else (journals or None),
+    }

@@ -233,7 +233,8 @@ def _metric_points(call: Call, name, values, ops: list) -> None:
 def translate_log(call: Call, name, value, description="", step=None) -> list:
     """log(name, number|bool) -> metric, step explicit or per-(run, name) counter;
     log(name, str) -> every value appended to text artifact name.txt."""
-    number = to_number(value)
+    t = type(value)
+    number = value if t is float else to_number(value)  # the common case first: it runs per point
     if number is None:
         if isinstance(value, (list, tuple, range, GeneratorType)):
             ops = [Note("list_in_log", str(name), "run.log got a list; logged as log_list")]
@@ -241,12 +242,15 @@ def translate_log(call: Call, name, value, description="", step=None) -> list:
         ops = []
         _text_value(call, name, value, ops)
         return ops
-    ops = []
-    key = mlflow_key(name)
-    if key != name:
+    key = _keys.get(name)
+    if key is None or key != name:
+        ops = []
         key = _key(call, name, ops)
+    else:
+        ops = []
     if step is None:
-        step_value = call.state.next_step(key)
+        counter = call.state.steps.get(key)
+        step_value = next(counter) if counter is not None else call.state.next_step(key)
     else:
         step_value = _step(step, None)
         if step_value is None:

@@ -1,0 +1,160 @@
+"""The end-of-run report: azml_v1_bridge/report.json in each run, and the table on stderr.
+
+In-process tests drive the real bridge (real azureml-core, real sqlite store);
+one test runs a script under the launcher to check the counts of a whole process.
+"""
+import json
+import sys
+
+from conftest import run_script
+
+REPORT = "azml_v1_bridge/report.json"
+
+
+def read_report(client, run_id, path=REPORT):
+    import mlflow
+
+    local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path,
+                                                tracking_uri=client._tracking_client.tracking_uri)
+    with open(local, encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+def all_runs(client):
+    ids = [e.experiment_id for e in client.search_experiments()]
+    return client.search_runs(ids) if ids else []
+
+
+def reenable(bridge, monkeypatch, **env):
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    bridge.disable()
+    bridge.enable("mirror")
+
+
+def test_report_counts_equal_the_calls(bridge, store, capfd):
+    from azureml.core import Run
+
+    run = Run.get_context()
+    for i in range(5):
+        run.log("loss", 1.0 / (i + 1))
+    run.log("bad name (%)", 1)                   # renamed
+    run.log("odd", {"a": 1})                     # kept as text: a note
+    run.log_list("accs", [0.1, 0.2, 0.3])
+    run.log_row("table", x=1, y=2)
+    run.tag("stage", "test")
+    run.set_tags({"a": "1", "b": "2"})
+    bridge.finish()
+
+    runs = all_runs(store)
+    assert len(runs) == 1
+    report = read_report(store, runs[0].info.run_id)
+    assert report["calls"] == {"log": 7, "log_list": 1, "log_row": 1, "tag": 1, "set_tags": 1}
+    assert report["total_calls"] == 11
+    assert report["mlflow_run_id"] == runs[0].info.run_id
+    # 5 loss + 1 renamed + 3 accs + 2 table columns
+    assert report["metric_points"] == 11
+    assert report["renamed"] == {"bad name (%)": "bad name ___"}
+    assert [(n["what"], n["name"], n["count"]) for n in report["notes"]] == [("kept_as_text", "odd", 1)]
+    assert report["delivery_failures"] == 0 and report["journaled"] == 0 and report["journal"] is None
+    assert report["mode"] == "mirror"
+    assert report["experiment_id"] == "0"
+    # AZML_V1_BRIDGE_REPORT=0 (conftest): the artifact is written, nothing printed
+    assert "azml_v1_bridge report" not in capfd.readouterr().err
+
+
+def test_table_printed_once_and_children_get_their_own(bridge, store, monkeypatch, capfd):
+    reenable(bridge, monkeypatch, AZML_V1_BRIDGE_REPORT="1")
+    from azureml.core import Run
+
+    run = Run.get_context()
+    run.log("parent_metric", 1)
+    child = run.child_run(name="child")
+    child.log("child_metric", 2)
+    child.log("child_metric", 3)
+    child.complete()
+    bridge.finish()
+    bridge.finish()  # a second finish has nothing new: no second table
+
+    err = capfd.readouterr().err
+    assert err.count("azml_v1_bridge report") == 1
+    runs = {r.info.run_name or r.info.run_id: r for r in all_runs(store)}
+    child_run = runs["child"]
+    parent_run = next(r for r in runs.values() if r is not child_run)
+    child_report = read_report(store, child_run.info.run_id)
+    parent_report = read_report(store, parent_run.info.run_id)
+    assert child_report["calls"] == {"log": 2, "complete": 1}
+    assert child_report["metric_points"] == 2
+    assert child_report["parent_mlflow_run_id"] == parent_run.info.run_id
+    assert parent_report["calls"] == {"log": 1, "child_run": 1}
+    assert parent_run.info.run_id in err and child_run.info.run_id in err
+    assert "calls: log 1, child_run 1" in err or "calls: child_run 1, log 1" in err
+
+
+def test_journal_path_is_reported_when_the_store_is_down(bridge, store, tmp_path, monkeypatch, capfd):
+    journal = tmp_path / "spill.jsonl"
+    from servers import free_port
+
+    reenable(bridge, monkeypatch, AZML_V1_BRIDGE_REPORT="1", AZML_V1_BRIDGE_RETRY_SECONDS="0.2",
+             AZML_V1_BRIDGE_STRICT="0", AZML_V1_BRIDGE_JOURNAL=str(journal),
+             MLFLOW_HTTP_REQUEST_MAX_RETRIES="0",
+             MLFLOW_TRACKING_URI=f"http://127.0.0.1:{free_port()}")
+    from azureml.core import Run
+
+    run = Run.get_context()
+    run.log("m", 1)
+    bridge.finish()
+    err = capfd.readouterr().err
+    assert f"azml-v1-bridge replay {journal}" in err
+    lines = [json.loads(line) for line in journal.read_text().splitlines()]
+    reports = [line for line in lines if line.get("t") == "artifact" and line.get("path") == REPORT]
+    assert len(reports) == 1  # the report itself waits in the journal with the data
+    import base64
+
+    report = json.loads(base64.b64decode(reports[0]["b64"]))
+    assert report["calls"] == {"log": 1}
+    assert report["journal"] == str(journal) and report["journaled"] >= 1
+
+
+def test_render_and_merge_are_short_and_add_up():
+    from azml_v1_bridge import report
+
+    part = {"mlflow_run_id": "r1", "v1_run_ids": ["a"], "calls": {"log": 3, "tag": 1},
+            "total_calls": 4, "metric_points": 3, "artifacts": 1, "renamed": {f"n{i}!": f"n{i}_" for i in range(5)},
+            "notes": [{"what": "kept_as_text", "name": "s", "detail": "dict is not a number", "count": 2}],
+            "delivery_failures": 1, "journaled": 0, "journal": None, "process": {"pid": 1}}
+    text = report.render([part])
+    lines = text.splitlines()
+    assert len(lines) <= 8
+    assert "(+2 more)" in text and "kept_as_text x2" in text
+    merged = report.merge([part, dict(part, calls={"log": 2, "log_row": 1}, process={"pid": 2})])
+    assert merged["calls"] == {"log": 5, "log_row": 1, "tag": 1}
+    assert merged["total_calls"] == 7
+    assert merged["metric_points"] == 6 and merged["delivery_failures"] == 2
+    assert merged["notes"][0]["count"] == 4
+    assert [p["pid"] for p in merged["processes"]] == [1, 2]
+
+
+def test_report_of_a_launched_script_counts_its_calls(store, tmp_path):
+    code = """
+        from azureml.core import Run
+        run = Run.get_context()
+        for i in range(5):
+            run.log("loss", i)
+        run.log_row("rows", a=1, b="x")
+        run.tag("t", "v")
+        run.log_table("tbl", {"c": [1, 2, 3]})
+        run.add_properties({"p": "1"})
+        run.log("text", "hello")
+    """
+    env = {"AZML_V1_BRIDGE_REPORT": "1"}
+    launcher = [sys.executable, "-m", "azml_v1_bridge.cli", "run", "--"]
+    result = run_script(code, tmp_path, env=env, launcher=launcher)
+    assert result.returncode == 0, result.stderr
+    runs = all_runs(store)
+    assert len(runs) == 1
+    report = read_report(store, runs[0].info.run_id)
+    assert report["calls"] == {"log": 6, "log_row": 1, "tag": 1, "log_table": 1, "add_properties": 1}
+    assert report["process"]["argv0"] == "script.py"
+    assert result.stderr.count("azml_v1_bridge report") == 1
+    assert "calls: log 6" in result.stderr

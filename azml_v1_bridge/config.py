@@ -21,6 +21,7 @@ QUEUE_MAX = "AZML_V1_BRIDGE_QUEUE_MAX"
 FLUSH_INTERVAL = "AZML_V1_BRIDGE_FLUSH_INTERVAL"
 RETRY_SECONDS = "AZML_V1_BRIDGE_RETRY_SECONDS"
 EXIT_TIMEOUT = "AZML_V1_BRIDGE_EXIT_TIMEOUT"
+WRITER = "AZML_V1_BRIDGE_WRITER"
 # Set by the launcher: the run it created for every process it starts.
 LAUNCHER_RUN_ID = "AZML_V1_BRIDGE_LAUNCHER_RUN_ID"
 RANK = "AZML_V1_BRIDGE_RANK"
@@ -44,6 +45,7 @@ HTTP_DEFAULTS = {
 }
 
 MODES = ("mirror", "mlflow", "off")
+WRITERS = ("thread", "process")  # first is the default
 DEFAULT_MODE = "mirror"
 DEFAULT_QUEUE_MAX = 100_000
 DEFAULT_JOURNAL_DIR = "azml_v1_bridge_journal"
@@ -65,6 +67,7 @@ class Config:
     flush_interval: float = 0.5
     retry_seconds: float = 30.0
     exit_timeout: float = 120.0
+    writer: str = "thread"
     launcher_run_id: str | None = None
     rank: str | None = None
 
@@ -108,6 +111,15 @@ def _number(env: Mapping[str, str], name: str, default, kind=float):
     return value
 
 
+def _choice(env: Mapping[str, str], name: str, choices: tuple) -> str:
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return choices[0]
+    if raw not in choices:
+        raise ConfigError(f"{name}={raw!r} is not valid; valid values are: " + ", ".join(choices))
+    return raw
+
+
 def default_journal_path(pid: int | None = None) -> str:
     import time
 
@@ -128,6 +140,7 @@ def load(env: Mapping[str, str] | None = None) -> Config:
         flush_interval=_number(env, FLUSH_INTERVAL, 0.5),
         retry_seconds=_number(env, RETRY_SECONDS, 30.0),
         exit_timeout=_number(env, EXIT_TIMEOUT, 120.0),
+        writer=_choice(env, WRITER, WRITERS),
         launcher_run_id=env.get(LAUNCHER_RUN_ID) or None,
         rank=env.get(RANK) or None,
     )

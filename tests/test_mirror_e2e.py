@@ -262,3 +262,21 @@ def test_complete_returns_after_both_sides_hold_everything(emu, bridge, store, m
     assert len(store.get_metric_history(rid, "m")) == 300
     assert store.get_run(rid).info.status == "FINISHED"
     assert azml_v1_bridge.mlflow_run_id(run) == rid
+
+
+@pytest.mark.parametrize("mode", ["mirror", "mlflow"])
+def test_start_logging_is_a_top_level_run_in_the_v1_experiment(emu, bridge, store, monkeypatch, mode):
+    import azml_v1_bridge
+
+    bridge.enable(mode)
+    job = submitted_run(emu, unique_run_id(), experiment="churn-model", monkeypatch=monkeypatch)
+    interactive = job.experiment.start_logging(display_name="notebook session", snapshot_directory=None)
+    interactive.log("auc", 0.91)
+    interactive.complete()
+    r = store.get_run(azml_v1_bridge.mlflow_run_id(interactive))
+    assert store.get_experiment(r.info.experiment_id).name == "churn-model"
+    assert r.data.metrics == {"auc": 0.91} and r.info.status == "FINISHED"
+    assert r.info.run_name == "notebook session"
+    assert "mlflow.parentRunId" not in r.data.tags
+    if mode == "mirror":
+        assert [m["value"] for m in emu.metrics(interactive.id, "auc")] == [0.91]

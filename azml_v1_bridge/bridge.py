@@ -18,7 +18,7 @@ import time
 import uuid
 from threading import get_ident
 
-from . import config
+from . import config, ranks
 from .deliver import Writer, describe_error
 from .ops import ArtifactFile, Artifact, CreateRun, End, Note, Tag
 from .runs import ATTR, Registry
@@ -49,10 +49,13 @@ class State:
         self.warned: set = set()
         self.hooks_installed = False
 
-    def get_writer(self) -> Writer:
+    def get_writer(self):
         writer = self.writer
         if writer is None:
-            writer = self.writer = Writer(self.cfg)
+            from .sidecar import ProcessWriter
+
+            # A writer process by default: MLflow's per-point Python work stays off our GIL.
+            writer = self.writer = ProcessWriter(self.cfg) if self.cfg.writer == "process" else Writer(self.cfg)
         return writer
 
 
@@ -164,6 +167,11 @@ def emit(method, instance, args, kwargs, result) -> None:
         return
     if fresh:
         ops.insert(0, CreateRun())
+    if record.adopted:  # a run other processes may share (ranks.py)
+        ops = ranks.for_rank(ops, STATE.cfg.rank)
+        if any(type(op) is End for op in ops):  # never end a run the bridge did not create
+            record.ended = True
+            ops = ranks.end_as_status(ops, _process_label())
     if method in _STAGED:
         ops = _stage(ops, writer)
     if method in BLOCKING:
@@ -306,6 +314,8 @@ def _sigterm_handler(previous):
 
 def _after_fork_in_child() -> None:
     # The writer thread did not survive the fork; the parent's queue is the parent's.
+    if STATE.writer is not None and hasattr(STATE.writer, "forget_parent"):
+        STATE.writer.forget_parent()
     STATE.writer = None
     STATE.pid = os.getpid()
     STATE.closed = False
@@ -331,19 +341,60 @@ def _end_open_runs(writer: Writer, status: str) -> None:
     now = int(time.time() * 1000)
     for record in STATE.registry.open_records(STATE.pid):
         record.ended = True
+        if record.adopted and record.mlflow_run_id == STATE.cfg.launcher_run_id:
+            # the launcher's run: say how this process ended; the launcher ends the run once
+            writer.submit(record, None, ranks.end_as_status([End(status, now)], _process_label()))
+            continue
         if record.adopted or record.muted:
             continue  # not ours to end: MLFLOW_RUN_ID's owner or the user's own mlflow run
         writer.submit(record, None, _with_outputs(record, [End(status, now)]))
 
 
+def _process_label() -> str:
+    import socket
+
+    return ranks.process_label(STATE.cfg.rank, socket.gethostname(), os.getpid())
+
+
 def _with_outputs(record, ops: list) -> list:
-    """A top-level run that ends uploads its outputs folder first, as v1 jobs did."""
-    if record.parent is not None or not STATE.cfg.outputs_enabled():
+    """A top-level run that ends uploads its outputs folder first, as v1 jobs did: on this
+    thread (the one ending the run), after the run's earlier data, before its End; see
+    outputs.py. Files the store did not take go to the writer (retried, else journaled).
+    Runs the bridge adopted are their owner's to upload into (the launcher does)."""
+    if (record.parent is not None or record.adopted or record.muted
+            or not STATE.cfg.outputs_enabled()):
         return ops
-    folder = record.outputs or "outputs"
+    from . import outputs
+
+    folder = record.outputs or outputs.DEFAULT_FOLDER
     if not os.path.isdir(folder):
         return ops
-    return _stage([ArtifactFile("outputs", folder)], STATE.get_writer()) + ops
+    files = outputs.files_of(folder)
+    if not files:
+        return ops
+    writer = STATE.get_writer()
+    done: list = []
+    try:
+        if writer.flush(STATE.cfg.exit_timeout) and record.mlflow_run_id is not None:
+            uri = record.tracking_uri
+            if uri is None:
+                import mlflow
+
+                uri = mlflow.get_tracking_uri()
+            client = writer.client(uri)
+            outputs.upload(client, record.mlflow_run_id, folder, outputs.ARTIFACT_PATH)
+            return ops
+    except outputs.PartialUpload as exc:
+        done = exc.done
+        logger.warning("azml_v1_bridge: uploading %s stopped (%s); the other files are queued "
+                       "for the writer", folder, describe_error(exc.error))
+    except Exception as exc:
+        logger.warning("azml_v1_bridge: uploading %s failed (%s); its files are queued for the "
+                       "writer", folder, describe_error(exc))
+    uploaded = set(done)
+    rest = [ArtifactFile(f"{outputs.ARTIFACT_PATH}/{rel}", full) for rel, full, _ in files
+            if rel not in uploaded]
+    return _stage(rest, writer) + ops
 
 
 def _publish_report(writer: Writer, records) -> None:
@@ -366,8 +417,14 @@ def finish(status: str = "FINISHED") -> None:
     _publish_report(writer, records)
     _end_open_runs(writer, status)
     _wait(writer)
-    STATE.registry = Registry()
-    STATE.writer = None
+    STATE.registry = Registry()  # the writer (and its process) stays for the next runs
+
+
+def retire_writer() -> None:
+    """Deliver what the current writer holds and let it go."""
+    writer, STATE.writer = STATE.writer, None
+    if writer is not None:
+        writer.close(STATE.cfg.exit_timeout)
 
 
 def shutdown(status: str | None = None) -> None:

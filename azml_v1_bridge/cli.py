@@ -306,6 +306,7 @@ def end_shared_run(shared: SharedRun, code: int, env: dict) -> None:
             merged = len(parts)
     except Exception as exc:
         _warn(f"could not merge the process reports: {type(exc).__name__}: {str(exc)[:300]}")
+    _upload_outputs(shared, env)
     try:
         shared.client.set_terminated(shared.run_id, status=status)
     except Exception as exc:
@@ -319,6 +320,24 @@ def end_shared_run(shared: SharedRun, code: int, env: dict) -> None:
     if not quiet:
         print(f"{PROG} run: MLflow run {shared.run_id} ended {status} (exit code {code}); "
               f"{merged} process report(s) merged into {report.ARTIFACT}", file=sys.stderr)
+
+
+def _upload_outputs(shared: SharedRun, env: dict) -> None:
+    """./outputs into the shared run, as the v1 job runtime did after the job (the ranks do not:
+    the run is not theirs to end); AZML_V1_BRIDGE_OUTPUTS as for any run."""
+    from . import outputs
+
+    try:
+        enabled = config.load(env).outputs_enabled()
+    except config.ConfigError:
+        return
+    if not enabled or not os.path.isdir(outputs.DEFAULT_FOLDER):
+        return
+    try:
+        outputs.upload(shared.client, shared.run_id, outputs.DEFAULT_FOLDER)
+    except outputs.PartialUpload as exc:
+        _warn(f"uploading ./outputs stopped after {len(exc.done)} files: "
+              f"{type(exc.error).__name__}: {str(exc.error)[:300]}")
 
 
 def _a_process_failed(shared: SharedRun) -> bool:

@@ -142,8 +142,15 @@ def load(env: Mapping[str, str] | None = None) -> Config:
         exit_timeout=_number(env, EXIT_TIMEOUT, 120.0),
         writer=_choice(env, WRITER, WRITERS),
         launcher_run_id=env.get(LAUNCHER_RUN_ID) or None,
-        rank=env.get(RANK) or None,
+        rank=(env.get(RANK) or "").strip() or _launcher_rank(env),
     )
+
+
+def _launcher_rank(env: Mapping[str, str]) -> str | None:
+    # torchrun, mpirun, srun... name the rank in their own variables (ranks.RANK_VARIABLES)
+    from .ranks import rank_from
+
+    return rank_from(env)
 
 
 _CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<userinfo>[^/@\s]+)@")

@@ -5,13 +5,16 @@ after the bridge. `disable()` puts back the exact original attributes.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import threading
+import types
 
 import wrapt
 
 from . import bridge, config
-from .standins import STANDINS
+from . import reads
+from .standins import GETTERS, STANDINS
 
 logger = logging.getLogger("azml_v1_bridge")
 
@@ -33,10 +36,14 @@ TARGETS = (
 )
 # Property setters: display_name -> run name, description -> note.
 PROPERTIES = ("display_name", "description")
-# Read methods served from MLflow in mlflow mode (v1 would ask Azure ML).
-READ_METHODS = ("get_metrics",)
-# Methods _OfflineRun lacks that scripts written for jobs call: given to it in mlflow mode.
-OFFLINE_ADDITIONS = ("create_children", "get_metrics")
+# Reads served from the MLflow run in mlflow mode (v1 would ask Azure ML, or its cached
+# copy of the run, which v1's writes no longer update): methods, and properties (standins.GETTERS).
+READ_METHODS = ("get_metrics", "get_tags", "get_properties", "get_file_names", "download_file",
+                "download_files", "get_children", "get_status", "get_details",
+                "tags", "properties", "parent")
+# What _OfflineRun lacks that scripts written for jobs use: given to it in mlflow mode only
+# (outside mlflow mode they raise AttributeError, as v1's _OfflineRun does).
+OFFLINE_ADDITIONS = ("create_children",) + READ_METHODS + ("experiment",)
 
 
 class _Patches:
@@ -52,11 +59,8 @@ PATCHES = _Patches()
 
 
 def _wrapper(method: str):
-    standin = STANDINS.get(method)
-
-    def wrapper(wrapped, instance, args, kwargs):
-        return bridge.handle(method, wrapped, instance, args, kwargs, standin)
-
+    # wrapt calls wrapper(wrapped, instance, args, kwargs); a partial saves a Python frame per call
+    wrapper = functools.partial(bridge.handle, method, standin=STANDINS.get(method))
     wrapper._azml_v1_bridge = True
     return wrapper
 
@@ -65,12 +69,39 @@ def _read_wrapper(method: str):
     standin = STANDINS[method]
 
     def wrapper(wrapped, instance, args, kwargs):
-        if bridge.STATE.mode == "mlflow":
-            return standin(instance, *args, **kwargs)
+        if bridge.STATE.mode == "mlflow" and instance is not None:
+            try:
+                return standin(instance, *args, **kwargs)
+            except reads.NotMapped:  # a v1 run no MLflow run stands for: v1 answers
+                pass
         return wrapped(*args, **kwargs)
 
     wrapper._azml_v1_bridge = True
     return wrapper
+
+
+def _read_getter(name: str, original_fget):
+    """A property getter that reads the MLflow run in mlflow mode, else v1's own."""
+    getter = GETTERS[name]
+
+    def fget(self):
+        if bridge.STATE.mode == "mlflow":
+            try:
+                value = getter(self)
+            except reads.NotMapped:
+                return original_fget(self)
+            if value is None and name == "parent":
+                # no parent in MLflow: a pipeline step's v1 parent, from v1's own run document
+                return original_fget(self)
+            return value
+        return original_fget(self)
+
+    fget._azml_v1_bridge = True
+    return fget
+
+
+def _read_property(name: str, original: property) -> property:
+    return property(_read_getter(name, original.fget), original.fset, original.fdel, original.__doc__)
 
 
 def is_bridged(attribute) -> bool:
@@ -119,7 +150,10 @@ def _patch_run_module(module) -> None:
             _patch_class(sub, RUN_METHODS)
         _patch_class(offline_cls, RUN_METHODS)
         for name in READ_METHODS:
-            if name in run_cls.__dict__:
+            original = run_cls.__dict__.get(name)
+            if isinstance(original, property):
+                _add(run_cls, name, _read_property(name, original))
+            elif original is not None:
                 _wrap(run_cls, name, _read_wrapper(name))
         for name in OFFLINE_ADDITIONS:
             if name not in offline_cls.__dict__:
@@ -138,31 +172,50 @@ def _patch_experiment_module(module) -> None:
             _patch_class(module.Experiment, ("start_logging",))
 
 
+class _MlflowModeOnly:
+    """An attribute _OfflineRun has in mlflow mode only: elsewhere it is absent, as in v1
+    (AttributeError, so `hasattr(run, name)` stays False)."""
+
+    def __init__(self, name: str, get):
+        self.name, self.get = name, get
+
+    def __get__(self, instance, owner=None):
+        if instance is None:
+            return self
+        if bridge.STATE.mode != "mlflow":
+            raise AttributeError(f"'{type(instance).__name__}' object has no attribute {self.name!r}")
+        return self.get(instance)
+
+
 def _offline_addition(name: str):
+    """A method (or, for names in standins.GETTERS, a read-only property) for _OfflineRun."""
+    if name in GETTERS:
+        return _MlflowModeOnly(name, GETTERS[name])
     standin = STANDINS.get(name)
 
     def method(self, *args, **kwargs):
-        if bridge.STATE.mode != "mlflow":
-            raise AttributeError(f"'_OfflineRun' object has no attribute {name!r}")
         if name in READ_METHODS:
             return standin(self, *args, **kwargs)
         return bridge.handle(name, None, self, args, kwargs, standin)
 
-    method.__name__ = name
-    return method
+    method.__name__ = method.__qualname__ = name
+    return _MlflowModeOnly(name, lambda instance: types.MethodType(method, instance))
 
 
 def _bridged_property(name: str, original: property) -> property:
     def setter(self, value):
         bridge.handle(name, lambda v: original.fset(self, v), self, (value,), {}, None)
 
-    return property(original.fget, setter, original.fdel, original.__doc__)
+    fget = _read_getter(name, original.fget) if name in GETTERS else original.fget
+    return property(fget, setter, original.fdel, original.__doc__)
 
 
 def _offline_property(name: str) -> property:
     slot = "_azml_v1_bridge_" + name
 
     def getter(self):
+        if bridge.STATE.mode == "mlflow" and name in GETTERS:
+            return GETTERS[name](self)  # the MLflow run's, whoever set it
         return self.__dict__.get(slot)
 
     def store(self, value):
@@ -183,6 +236,8 @@ def enable(mode: str | None = None) -> str:
 
         cfg = replace(cfg, mode=config.check_mode(mode))
     with PATCHES.lock:
+        if bridge.STATE.writer is not None and cfg != bridge.STATE.cfg:
+            bridge.retire_writer()  # new settings: the next call starts a writer that has them
         bridge.STATE.cfg = cfg
         if cfg.mode == "off":
             disable()

@@ -74,12 +74,16 @@ class Registry:
         if rec is not None:
             return rec, False
         v1_id = str(getattr(run, "id", None) or id(run))
+        # Run objects of one service run share a record; offline runs are each their own
+        # (v1 gives two child_run("fold") calls the same offline id).
+        shared = type(run).__name__ != "_OfflineRun"
         with self._lock:
-            rec = self._by_v1_id.get(v1_id)
+            rec = self._by_v1_id.get(v1_id) if shared else None
             fresh = rec is None
             if fresh:
                 rec = self._new_record(run, v1_id, mode, parent, experiment, name)
-                self._by_v1_id[v1_id] = rec
+                if shared:
+                    self._by_v1_id[v1_id] = rec
                 self.records.append(rec)
         try:
             run.__dict__[ATTR] = rec

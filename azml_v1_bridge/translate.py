@@ -30,7 +30,7 @@ LONG_VALUES_DIR = "azml_v1_bridge/long_values"
 class RunState:
     """What v1 remembered per run, which MLflow needs spelled out."""
 
-    __slots__ = ("steps", "rows", "repeats", "params", "renamed", "__weakref__")
+    __slots__ = ("steps", "rows", "repeats", "params", "renamed", "kinds", "__weakref__")
 
     def __init__(self):
         self.steps: dict[str, itertools.count] = {}    # metric key -> next implicit step
@@ -38,6 +38,7 @@ class RunState:
         self.repeats: dict[str, itertools.count] = {}  # artifact name -> how many so far
         self.params: dict[str, str] = {}               # write-once properties
         self.renamed: set[str] = set()                 # names already reported as rewritten
+        self.kinds: dict[str, str] = {}                # v1 name -> "text" | "list": kept as a file
 
     def next_step(self, key: str) -> int:
         counter = self.steps.get(key)
@@ -215,6 +216,8 @@ def _numbered(call: Call, base: str, ext: str) -> str:
 
 
 def _text_value(call: Call, name, value, ops: list) -> None:
+    if call.state is not None:
+        call.state.kinds.setdefault(str(name), "text")
     if not isinstance(value, str):
         ops.append(Note("kept_as_text", str(name), f"{type(value).__name__} is not a number"))
         value = repr(value)
@@ -269,6 +272,8 @@ def translate_log_list(call: Call, name, value, description="") -> list:
     if values and all(n is not None for n in numbers_):
         _metric_points(call, name, numbers_, ops)
     elif values:
+        if call.state is not None:
+            call.state.kinds.setdefault(str(name), "list")
         ops.append(Note("list_not_numeric", str(name), "kept as JSON artifact"))
         ops.append(ExtendList(artifact_name(name) + ".json", to_jsonable(values)))
     return ops

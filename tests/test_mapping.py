@@ -429,3 +429,17 @@ def test_mirror_into_the_same_run_writes_once(store, bridge, monkeypatch):
     run.log("x", 1)
     run.flush()
     assert store.get_run(existing.info.run_id).data.metrics == {}
+
+
+def test_repeated_child_names_and_batches_are_separate_runs(mode, store):
+    import azml_v1_bridge
+
+    run = v1_run()
+    first, second = run.child_run("fold"), run.child_run("fold")
+    first.log("x", 1)
+    second.log("x", 2)
+    ids = {azml_v1_bridge.mlflow_run_id(first), azml_v1_bridge.mlflow_run_id(second)}
+    assert len(ids) == 2  # v1 makes a new run for every child_run call
+    if mode == "mlflow":
+        batches = run.create_children(count=2) + run.create_children(count=2)
+        assert len({azml_v1_bridge.mlflow_run_id(c) for c in batches}) == 4

@@ -36,6 +36,9 @@ class BridgeError(RuntimeError):
     """Raised instead of logged when AZML_V1_BRIDGE_STRICT=1."""
 
 
+_WRITER_LOCK = threading.Lock()
+
+
 class State:
     def __init__(self):
         self.cfg = config.Config()
@@ -52,10 +55,16 @@ class State:
     def get_writer(self):
         writer = self.writer
         if writer is None:
-            from .sidecar import ProcessWriter
+            with _WRITER_LOCK:  # threads making their first call at once must share one writer
+                writer = self.writer
+                if writer is None:
+                    if self.cfg.writer == "process":
+                        from .sidecar import ProcessWriter
 
-            # A writer process by default: MLflow's per-point Python work stays off our GIL.
-            writer = self.writer = ProcessWriter(self.cfg) if self.cfg.writer == "process" else Writer(self.cfg)
+                        writer = ProcessWriter(self.cfg)
+                    else:
+                        writer = Writer(self.cfg)
+                    self.writer = writer
         return writer
 
 
@@ -313,6 +322,8 @@ def _sigterm_handler(previous):
 
 
 def _after_fork_in_child() -> None:
+    global _WRITER_LOCK
+    _WRITER_LOCK = threading.Lock()
     # The writer thread did not survive the fork; the parent's queue is the parent's.
     if STATE.writer is not None and hasattr(STATE.writer, "forget_parent"):
         STATE.writer.forget_parent()

@@ -62,7 +62,7 @@ class RunRecord:
 
 class Registry:
     def __init__(self):
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # RLock: a SIGTERM handler may end runs mid record_for
         self._by_v1_id: dict[str, RunRecord] = {}
         self.records: list[RunRecord] = []
         self.warned_same_run = False
@@ -140,7 +140,7 @@ class Registry:
             return [r for r in self.records if r.owner_pid == pid and not r.ended]
 
     def after_fork(self):
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
 
 
 def _v1_experiment_name(run) -> str | None:

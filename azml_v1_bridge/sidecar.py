@@ -88,8 +88,17 @@ class ProcessWriter:
     # ----------------------------------------------------------- caller side (as Writer)
 
     def submit(self, record, method, ops) -> None:
+        lid = record.local_id
+        if len(ops) == 1 and type(ops[0]) is Metric and lid in self._records:
+            # a lone point as a tuple of plain values: the GC stops tracking it, so a long
+            # queue never triggers full collections on the training loop
+            m = ops[0]
+            item = (lid, method, m.key, m.value, m.timestamp, m.step)
+        else:
+            self._records[lid] = record
+            item = (record, method, ops)
         queue = self._queue
-        queue.append((record, method, ops))
+        queue.append(item)
         if self._thread is None:
             self._start()
         n = len(queue)
@@ -193,7 +202,11 @@ class ProcessWriter:
         queue = self._queue
         batch: list = []
         while queue:
-            record, method, ops = queue.popleft()
+            item = queue.popleft()
+            if len(item) == 6:  # a lone metric point: already plain values
+                batch.append(item)
+                continue
+            record, method, ops = item
             if method is _FLUSH or method is _CLOSE:
                 self._send(batch)
                 batch = []
@@ -202,13 +215,11 @@ class ProcessWriter:
                     return True
                 continue
             if record.local_id not in self._sent:
-                self._sent.add(record.local_id)
-                self._records[record.local_id] = record
-                if record.parent is not None and record.parent.local_id not in self._sent:
-                    self._sent.add(record.parent.local_id)
-                    self._records[record.parent.local_id] = record.parent
-                    batch.append(("record", _record_message(record.parent)))
-                batch.append(("record", _record_message(record)))
+                for rec in (record.parent, record):
+                    if rec is not None and rec.local_id not in self._sent:
+                        self._sent.add(rec.local_id)
+                        self._records[rec.local_id] = rec
+                        batch.append(("record", _record_message(rec)))
             batch.append((record.local_id, method, _pack(ops)))
             if len(batch) >= 20_000:
                 self._send(batch)
@@ -234,7 +245,9 @@ class ProcessWriter:
                 timeout = self.cfg.exit_timeout
                 try:
                     name = "close" if kind is _CLOSE else "flush"
-                    self._send_conn.send_bytes(pickle.dumps((name, timeout), protocol=5))
+                    # exiting: the child gives up on a dead store as soon as we would
+                    message = (name, (timeout, self._exiting))
+                    self._send_conn.send_bytes(pickle.dumps(message, protocol=5))
                     if self._recv_conn.poll(timeout + 5):
                         self._apply(pickle.loads(self._recv_conn.recv_bytes()))
                         if kind is _CLOSE:
@@ -290,6 +303,10 @@ class ProcessWriter:
         writer = self._make_fallback()
         for item in batch:
             if item[0] == "record":
+                continue
+            if len(item) == 6:
+                local_id, method, key, value, ts, step = item
+                writer.submit(self._records[local_id], method, [Metric(key, value, ts, step)])
                 continue
             local_id, method, ops = item
             writer.submit(self._records[local_id], method, _unpack(ops))
@@ -355,17 +372,24 @@ def serve(read_fd: int, write_fd: int) -> None:
                         record.tracking_uri = _absolute(mlflow.get_tracking_uri(), cwd)
                     records[record.local_id] = record
                     continue
+                if len(item) == 6:
+                    local_id, method, key, value, ts, step = item
+                    writer.submit(records[local_id], method, [Metric(key, value, ts, step)])
+                    continue
                 local_id, method, ops = item
                 ops = _unpack(ops)
                 if any(type(op) is End for op in ops):
                     ended.add(local_id)
                 writer.submit(records[local_id], method, ops)
         elif kind == "flush":
-            writer.flush(payload)
+            timeout, exiting = payload
+            writer._exiting = writer._exiting or exiting
+            writer.flush(timeout)
             reply.send_bytes(pickle.dumps(snapshot(), protocol=5))
             writer.errors.clear()
         elif kind == "close":
-            writer.close(payload)
+            timeout, _ = payload
+            writer.close(timeout)
             reply.send_bytes(pickle.dumps(snapshot(), protocol=5))
             return
     # Parent died: deliver what we have; its open runs were killed with it.

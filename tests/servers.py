@@ -88,3 +88,41 @@ class MlflowServer:
 
     def __exit__(self, *exc):
         self.stop()
+
+
+try:
+    import pytest
+except ImportError:  # servers.py is also used by benchmarks/, where pytest is optional
+    pytest = None
+
+if pytest is not None:
+    @pytest.fixture
+    def private_mlflow_server(tmp_path):
+        """An `MlflowServer` of this test alone, NOT started (call `.start()`): for tests that
+        kill it, restart it on the same port and database, or need its port while it is down.
+        Stopped at teardown."""
+        server = MlflowServer(str(tmp_path / "private-mlflow"))
+        yield server
+        server.stop()
+
+    @pytest.fixture(scope="session")
+    def restartable_mlflow_server(tmp_path_factory):
+        """A second session server that tests may kill, stop and restart (never the shared
+        `mlflow_server`). Not started until a test calls `running(server)` or `.start()`;
+        a test that needs it down calls `.stop()`/`.kill()`. Stopped at the end. One server
+        per session even when several test modules import this fixture."""
+        global _RESTARTABLE
+        if _RESTARTABLE is None:
+            _RESTARTABLE = MlflowServer(str(tmp_path_factory.mktemp("restartable-mlflow")))
+        yield _RESTARTABLE
+        _RESTARTABLE.stop()
+
+
+_RESTARTABLE: MlflowServer | None = None
+
+
+def running(server: MlflowServer) -> MlflowServer:
+    """The server, started if it is not running (same port, same database)."""
+    if server.proc is None or server.proc.poll() is not None:
+        server.start()
+    return server

@@ -1,0 +1,460 @@
+"""`azml-v1-bridge replay JOURNAL`: deliver what the writer journaled while the store was down.
+
+Where to: `--tracking-uri`, else MLFLOW_TRACKING_URI, else the URI each run was headed
+to when it was journaled (recorded without credentials; a relative sqlite or file
+path is resolved against the directory the training process ran in).
+
+Replaying is idempotent, so a replay that was interrupted, or run twice, adds
+nothing twice:
+- a run is found again by its recorded MLflow run id, else by the tag
+  `azml_v1_bridge.local_run_id` it was created with; only when neither finds it
+  is it created (nested under its parent, in its recorded experiment, with its
+  original start time, name and tags);
+- metric points already in the run (same key, step, timestamp and value) are skipped;
+- params already there with the same value are skipped (a different value is
+  reported: params are write-once);
+- tags and artifacts are set again (same values, same paths: nothing changes);
+- image steps already present are skipped; terminal statuses are set again.
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import logging
+import os
+import re
+import sys
+import tempfile
+
+from . import config
+from .deliver import (ITEM_ERRORS, MAX_METRICS, MAX_PARAMS, MAX_TAGS, describe_error,
+                      from_json_number)
+from .runs import LOCAL_ID_TAG
+
+logger = logging.getLogger("azml_v1_bridge")
+
+REQUESTED_RUN_TAG = "azml_v1_bridge.requested_run_id"
+
+
+class JournalRun:
+    """Everything one journal holds about one run, merged over all its lines."""
+
+    def __init__(self, local_id: str):
+        self.local_id = local_id
+        self.desc: dict = {}
+        self.cwd: str | None = None
+        self.create = False
+        self.metrics: list = []      # (key, value, timestamp, step), journal order, no repeats
+        self._seen_points: set = set()
+        self.params: list = []       # (key, value), first value per key
+        self._param_keys: dict = {}
+        self.tags: dict = {}         # last value wins
+        self.artifacts: dict = {}    # path -> payload line (last wins)
+        self.images: list = []
+        self.end: dict | None = None
+
+    def add_point(self, key, value, timestamp, step) -> None:
+        point = (key, point_value(value), int(timestamp), int(step))
+        if point not in self._seen_points:
+            self._seen_points.add(point)
+            self.metrics.append((key, value, int(timestamp), int(step)))
+
+
+def point_value(value: float):
+    """A value usable in a set: NaN never equals itself."""
+    return "NaN" if value != value else float(value)
+
+
+def read_journal(path: str) -> tuple[dict, list, int]:
+    """(runs by local id, their order, lines that could not be read)."""
+    runs: dict = {}
+    order: list = []
+    bad = 0
+    cwd = None
+
+    def run_of(lid):
+        entry = runs.get(lid)
+        if entry is None:
+            entry = runs[lid] = JournalRun(lid)
+            order.append(lid)
+        return entry
+
+    with open(path, encoding="utf-8", errors="surrogateescape") as fh:
+        for number, text in enumerate(fh, 1):
+            text = text.strip()
+            if not text:
+                continue
+            try:
+                line = json.loads(text)
+                kind = line["t"]
+                if kind == "journal":
+                    cwd = line.get("cwd")
+                    continue
+                entry = run_of(line["run"])
+                if kind == "run":
+                    if entry.cwd is None:
+                        entry.cwd = cwd
+                    for name, value in line.items():
+                        if value is not None or name not in entry.desc:
+                            entry.desc[name] = value
+                elif kind == "create":
+                    entry.create = True
+                elif kind == "metrics":
+                    for key, value, timestamp, step in line["m"]:
+                        entry.add_point(key, from_json_number(value), timestamp, step)
+                elif kind == "params":
+                    for key, value in line["p"]:
+                        if key not in entry._param_keys:
+                            entry._param_keys[key] = value
+                            entry.params.append((key, value))
+                elif kind == "tags":
+                    for key, value in line["tags"]:
+                        entry.tags.pop(key, None)
+                        entry.tags[key] = value
+                elif kind == "artifact":
+                    entry.artifacts.pop(line["path"], None)
+                    entry.artifacts[line["path"]] = line
+                elif kind == "image":
+                    entry.images.append(line)
+                elif kind == "end":
+                    entry.end = line
+                else:
+                    raise ValueError(f"unknown line kind {kind!r}")
+            except (ValueError, KeyError, TypeError) as exc:
+                bad += 1
+                logger.warning("azml_v1_bridge replay: %s line %d skipped: %s", path, number, exc)
+    return runs, order, bad
+
+
+def resolve_uri(recorded: str | None, cwd: str | None) -> str | None:
+    """The recorded URI, with a relative sqlite/file path made absolute against `cwd`."""
+    if not recorded or not cwd:
+        return recorded
+    if recorded.startswith("sqlite:///") and not recorded.startswith("sqlite:////"):
+        return "sqlite:///" + os.path.join(cwd, recorded[len("sqlite:///"):])
+    if "://" not in recorded and not recorded.startswith("databricks") and not os.path.isabs(recorded):
+        return os.path.join(cwd, recorded)
+    if recorded.startswith("file:") and not recorded.startswith("file:/"):
+        return "file:" + os.path.join(cwd, recorded[len("file:"):])
+    return recorded
+
+
+class Replayer:
+    def __init__(self, files_dir: str, tracking_uri: str | None = None):
+        self.files_dir = files_dir
+        self.override = tracking_uri
+        self.clients: dict = {}
+        self.counts = {"runs_created": 0, "runs_found": 0, "metrics_sent": 0,
+                       "metrics_skipped": 0, "params_sent": 0, "params_skipped": 0,
+                       "tags_sent": 0, "artifacts_sent": 0, "images_sent": 0,
+                       "images_skipped": 0, "ends": 0, "runs": {}, "errors": []}
+        self._run_ids: dict = {}   # local id -> (uri, mlflow run id, found)
+        self._experiments: dict = {}
+
+    def client(self, uri: str | None):
+        from mlflow.tracking import MlflowClient
+
+        key = uri or ""
+        if key not in self.clients:
+            self.clients[key] = MlflowClient(tracking_uri=uri) if uri else MlflowClient()
+        return self.clients[key]
+
+    def uri_of(self, run: JournalRun) -> str | None:
+        if self.override:
+            return self.override
+        env = config.mlflow_setting(config.MLFLOW_TRACKING_URI)
+        if env:
+            return env
+        return resolve_uri(run.desc.get("tracking_uri"), run.cwd)
+
+    # ------------------------------------------------------------ runs
+
+    def resolve(self, runs: dict, lid: str) -> tuple:
+        """(uri, run id, found): the run of `lid` in its target store, created if needed."""
+        known = self._run_ids.get(lid)
+        if known is not None:
+            return known
+        run = runs[lid]
+        uri = self.uri_of(run)
+        client = self.client(uri)
+        desc = run.desc
+        run_id, found = self._find(client, run), True
+        if run_id is None:
+            found = False
+            parent_id = None
+            if desc.get("parent") and desc["parent"] in runs:
+                parent_id = self.resolve(runs, desc["parent"])[1]
+            tags = dict(desc.get("tags") or {})
+            tags[LOCAL_ID_TAG] = lid
+            if desc.get("adopted") and desc.get("mlflow_run_id"):
+                tags[REQUESTED_RUN_TAG] = desc["mlflow_run_id"]
+            if parent_id:
+                tags["mlflow.parentRunId"] = parent_id
+            created = client.create_run(self._experiment(client, uri, desc),
+                                        start_time=desc.get("start_ms"), tags=tags,
+                                        run_name=desc.get("run_name"))
+            run_id = created.info.run_id
+            self.counts["runs_created"] += 1
+        else:
+            self.counts["runs_found"] += 1
+        self._run_ids[lid] = (uri, run_id, found)
+        self.counts["runs"][lid] = run_id
+        return uri, run_id, found
+
+    def _find(self, client, run: JournalRun) -> str | None:
+        wanted = run.desc.get("mlflow_run_id")
+        if wanted:
+            try:
+                return client.get_run(wanted).info.run_id
+            except Exception as exc:
+                if getattr(exc, "error_code", None) not in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND",
+                                                            "INVALID_PARAMETER_VALUE"):
+                    raise
+        from mlflow.entities import ViewType
+
+        query = f"tags.`{LOCAL_ID_TAG}` = '{run.local_id}'"
+        for ids in self._experiment_ids(client, run):
+            found = client.search_runs(ids, filter_string=query, run_view_type=ViewType.ALL,
+                                       max_results=1)
+            if found:
+                return found[0].info.run_id
+        return None
+
+    def _experiment_ids(self, client, run: JournalRun):
+        """Where to look for a run: its recorded experiment first, then every experiment."""
+        from mlflow.entities import ViewType
+
+        first = []
+        if run.desc.get("experiment_id"):
+            first.append(str(run.desc["experiment_id"]))
+        name = run.desc.get("experiment_name")
+        if name:
+            experiment = client.get_experiment_by_name(name)
+            if experiment is not None and experiment.experiment_id not in first:
+                first.append(experiment.experiment_id)
+        existing = []
+        for experiment_id in first:
+            try:
+                client.get_experiment(experiment_id)
+                existing.append(experiment_id)
+            except Exception:
+                pass
+        if existing:
+            yield existing
+        rest = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ALL)
+                if e.experiment_id not in existing]
+        for i in range(0, len(rest), 50):
+            yield rest[i:i + 50]
+
+    def _experiment(self, client, uri, desc) -> str:
+        name, wanted = desc.get("experiment_name"), desc.get("experiment_id")
+        key = (uri, name, wanted)
+        if key in self._experiments:
+            return self._experiments[key]
+        experiment_id = None
+        if name:
+            experiment = client.get_experiment_by_name(name)
+            if experiment is None:
+                try:
+                    experiment_id = client.create_experiment(name)
+                except Exception:
+                    experiment = client.get_experiment_by_name(name)
+                    if experiment is None:
+                        raise
+                    experiment_id = experiment.experiment_id
+            else:
+                experiment_id = experiment.experiment_id
+        elif wanted:
+            try:
+                experiment_id = client.get_experiment(str(wanted)).experiment_id
+            except Exception:
+                logger.warning("azml_v1_bridge replay: experiment %s does not exist in %s; "
+                               "using the default experiment", wanted, config.redact(uri or ""))
+        self._experiments[key] = experiment_id or "0"
+        return self._experiments[key]
+
+    # ------------------------------------------------------------ data
+
+    def deliver(self, runs: dict, lid: str) -> None:
+        run = runs[lid]
+        uri, run_id, found = self.resolve(runs, lid)
+        client = self.client(uri)
+        metrics, params, tags = run.metrics, run.params, dict(run.tags)
+        if found:
+            metrics = self._new_points(client, run_id, metrics)
+            existing = client.get_run(run_id).data
+            kept = []
+            for key, value in params:
+                if key in existing.params:
+                    self.counts["params_skipped"] += 1
+                    if existing.params[key] != value:
+                        self._error(f"run {run_id}: param {key!r} is {existing.params[key]!r} "
+                                    f"there; the journal's {value!r} was not sent")
+                else:
+                    kept.append((key, value))
+            params = kept
+            tags = {k: v for k, v in tags.items() if existing.tags.get(k) != v}
+        self._send_batches(client, run_id, metrics, params, tags)
+        if run.artifacts:
+            self._send_artifacts(client, run_id, list(run.artifacts.values()))
+        if run.images:
+            self._send_images(client, run_id, run.images, found)
+        if run.end is not None and not run.desc.get("adopted"):
+            client.set_terminated(run_id, status=run.end["status"], end_time=run.end["timestamp"])
+            self.counts["ends"] += 1
+
+    def _new_points(self, client, run_id, points: list) -> list:
+        by_key: dict = {}
+        for point in points:
+            by_key.setdefault(point[0], []).append(point)
+        fresh = []
+        for key, wanted in by_key.items():
+            there = {(m.step, m.timestamp, point_value(m.value))
+                     for m in client.get_metric_history(run_id, key)}
+            for point in wanted:
+                if (point[3], point[2], point_value(point[1])) in there:
+                    self.counts["metrics_skipped"] += 1
+                else:
+                    fresh.append(point)
+        return fresh
+
+    def _send_batches(self, client, run_id, metrics, params, tags) -> None:
+        from mlflow.entities import Metric, Param, RunTag
+
+        metrics = [Metric(k, v, t, s) for k, v, t, s in metrics]
+        params = [Param(k, v) for k, v in params]
+        tags = [RunTag(k, v) for k, v in tags.items()]
+        while metrics or params or tags:
+            p, t = params[:MAX_PARAMS], tags[:MAX_TAGS]
+            m = metrics[:min(MAX_METRICS, 1000 - len(p) - len(t))]
+            self._log_batch(client, run_id, m, p, t)
+            del metrics[:len(m)], params[:len(p)], tags[:len(t)]
+
+    def _log_batch(self, client, run_id, m, p, t) -> None:
+        try:
+            client.log_batch(run_id, metrics=m, params=p, tags=t, synchronous=True)
+        except Exception as exc:
+            if getattr(exc, "error_code", None) not in ITEM_ERRORS:
+                raise
+            items = [("m", x) for x in m] + [("p", x) for x in p] + [("t", x) for x in t]
+            if len(items) == 1:
+                self._error(f"run {run_id}: {items[0][1].key!r} refused: {describe_error(exc)}")
+                return
+            half = len(items) // 2
+            for part in (items[:half], items[half:]):
+                self._log_batch(client, run_id, [x for k, x in part if k == "m"],
+                                [x for k, x in part if k == "p"], [x for k, x in part if k == "t"])
+            return
+        self.counts["metrics_sent"] += len(m)
+        self.counts["params_sent"] += len(p)
+        self.counts["tags_sent"] += len(t)
+
+    def _bytes(self, line: dict) -> bytes:
+        if "b64" in line:
+            return base64.b64decode(line["b64"])
+        with open(os.path.join(self.files_dir, line["file"]), "rb") as fh:
+            return fh.read()
+
+    def _send_artifacts(self, client, run_id, lines: list) -> None:
+        with tempfile.TemporaryDirectory(prefix="azml_v1_bridge-replay-") as tmp:
+            for line in lines:
+                target = os.path.join(tmp, *line["path"].split("/"))
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                with open(target, "wb") as fh:
+                    fh.write(self._bytes(line))
+            client.log_artifacts(run_id, tmp)
+        self.counts["artifacts_sent"] += len(lines)
+
+    def _send_images(self, client, run_id, lines: list, found: bool) -> None:
+        present: list = []
+        if found:
+            try:
+                present = [os.path.basename(f.path) for f in client.list_artifacts(run_id, "images")]
+            except Exception:
+                present = []
+        for line in lines:
+            key, step, timestamp = line["key"], line["step"] or 0, line["timestamp"]
+            stem = re.sub(r"/", "~", key)
+            prefixes = tuple(f"{stem}{sep}step{sep}{step}{sep}timestamp{sep}{timestamp}{sep}"
+                             for sep in "+%") + (f"{key.replace('/', '_')}_step{step}.png",)
+            if any(name.startswith(prefixes) for name in present):
+                self.counts["images_skipped"] += 1
+                continue
+            data = self._bytes(line)
+            try:
+                import io
+
+                from PIL import Image
+
+                image = Image.open(io.BytesIO(data))
+                image.load()
+                client.log_image(run_id, image, key=key, step=step, timestamp=timestamp)
+            except ImportError:
+                with tempfile.TemporaryDirectory() as tmp:
+                    target = os.path.join(tmp, f"{key.replace('/', '_')}_step{step}.png")
+                    with open(target, "wb") as fh:
+                        fh.write(data)
+                    client.log_artifact(run_id, target, "images")
+            self.counts["images_sent"] += 1
+
+    def _error(self, message: str) -> None:
+        self.counts["errors"].append(config.redact(message))
+        logger.warning("azml_v1_bridge replay: %s", config.redact(message))
+
+
+def replay_journal(path: str, tracking_uri: str | None = None, only=None) -> dict:
+    """Deliver the journal at `path`; returns counts (runs created/found, metrics sent and
+    skipped as already present, params, tags, artifacts, images, ends), `runs` (journal
+    local id -> MLflow run id, parents included), `failed` (local ids not fully delivered)
+    and `errors` (what could not be delivered). `only`: deliver just these local ids (the
+    writer recovering its own runs once the store is back)."""
+    runs, order, bad = read_journal(path)
+    replayer = Replayer(path + ".files", tracking_uri)
+    failed = []
+    for lid in order:
+        if only is not None and lid not in only:
+            continue
+        errors = len(replayer.counts["errors"])
+        try:
+            replayer.deliver(runs, lid)
+        except Exception as exc:
+            replayer._error(f"run {lid}: {describe_error(exc)}")
+        if len(replayer.counts["errors"]) > errors:
+            failed.append(lid)
+    replayer.counts["bad_lines"] = bad
+    replayer.counts["failed"] = failed
+    return replayer.counts
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="azml-v1-bridge replay",
+        description="Deliver a journal the bridge wrote while the MLflow tracking store was "
+                    "unreachable. Safe to run more than once: nothing is sent twice.")
+    parser.add_argument("journal", metavar="JOURNAL", help="the .jsonl file named in the warning")
+    parser.add_argument("--tracking-uri", default=None,
+                        help="where to deliver (default: MLFLOW_TRACKING_URI, else the URI "
+                             "recorded in the journal); give credentials here")
+    args = parser.parse_args(argv)
+    if not os.path.isfile(args.journal):
+        print(f"azml-v1-bridge replay: no such journal: {args.journal}", file=sys.stderr)
+        return 2
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    # fail fast on a store that is still down, as the writer does (the user's values win)
+    for name, value in config.HTTP_DEFAULTS.items():
+        os.environ.setdefault(name, value)
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    counts = replay_journal(args.journal, args.tracking_uri)
+    summary = {k: v for k, v in counts.items() if k not in ("runs", "errors")}
+    print("azml-v1-bridge replay: " + ", ".join(f"{k} {v}" for k, v in summary.items()))
+    for lid, run_id in counts["runs"].items():
+        print(f"  journal run {lid} -> MLflow run {run_id}")
+    for error in counts["errors"]:
+        print(f"  not delivered: {error}", file=sys.stderr)
+    return 1 if counts["errors"] or counts["bad_lines"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

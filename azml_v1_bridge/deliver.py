@@ -362,37 +362,20 @@ if hasattr(os, "register_at_fork"):
                         after_in_child=_after_fork_in_child)
 
 
-class Writer:
-    def __init__(self, cfg: config.Config, strict_errors: list | None = None):
+class QueueFront:
+    """The caller's side of a writer: a deque, a thread started at the first call, flush
+    markers. `Writer` delivers from its thread; `sidecar.ProcessWriter` forwards from it."""
+
+    THREAD_NAME = "azml_v1_bridge-writer"
+
+    def _init_front(self, cfg: config.Config) -> None:
         self.cfg = cfg
         self._queue: collections.deque = collections.deque()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._start_lock = threading.RLock()  # RLock: a SIGTERM handler may flush mid-_start
-        self._pid = os.getpid()
-        self._clients: dict = {}
-        self._fast: dict = {}         # tracking uri -> RestStore for the direct log-batch path
-        self._experiments: dict = {}
-        self._docs: dict = {}         # (local id, path) -> Doc
-        self._dirty: dict = {}        # local id -> paths of docs changed since their last upload
-        self._doc_time: dict = {}     # local id -> monotonic time of its last doc upload
-        self._verified: set = set()
-        self._down: dict = {}         # tracking uri -> monotonic time it last failed
-        self._spilled: set = set()    # local ids with journaled work: the rest follows them
-        self._refused: set = set()    # local ids the store refused (not recovered by probing)
-        self._recovered_at: dict = {}  # tracking uri -> monotonic time of the last recovery
-        self._exit_at: float | None = None
-        self._warned: set = set()
-        self._keys: dict = {}         # metric key -> its JSON string
-        self.stats: dict[str, RunStats] = collections.defaultdict(RunStats)
         self.records: dict[str, object] = {}
-        self.journal: Journal | None = None
-        self.errors = strict_errors if strict_errors is not None else []
         self._staging = None
-        self._inflight: dict = {}     # the cycle being sent: journaled at exit if it never ends
-        self._busy = threading.RLock()  # held inside MLflow (and imports): see _before_fork
-        self._fork_held = False
-        _WRITERS.add(self)
 
     # ----------------------------------------------------------- caller side
 
@@ -439,6 +422,41 @@ class Writer:
             self._staging = tempfile.mkdtemp(prefix="azml_v1_bridge-")
         return self._staging
 
+    def _start(self) -> None:
+        with self._start_lock:
+            if self._thread is None:
+                thread = threading.Thread(target=self._loop, name=self.THREAD_NAME,
+                                          daemon=True)
+                thread.start()
+                self._thread = thread
+
+
+class Writer(QueueFront):
+    def __init__(self, cfg: config.Config, strict_errors: list | None = None):
+        self._init_front(cfg)
+        self._pid = os.getpid()
+        self._clients: dict = {}
+        self._fast: dict = {}         # tracking uri -> RestStore for the direct log-batch path
+        self._experiments: dict = {}
+        self._docs: dict = {}         # (local id, path) -> Doc
+        self._dirty: dict = {}        # local id -> paths of docs changed since their last upload
+        self._doc_time: dict = {}     # local id -> monotonic time of its last doc upload
+        self._verified: set = set()
+        self._down: dict = {}         # tracking uri -> monotonic time it last failed
+        self._spilled: set = set()    # local ids with journaled work: the rest follows them
+        self._refused: set = set()    # local ids the store refused (not recovered by probing)
+        self._recovered_at: dict = {}  # tracking uri -> monotonic time of the last recovery
+        self._exit_at: float | None = None
+        self._warned: set = set()
+        self._keys: dict = {}         # metric key -> its JSON string
+        self.stats: dict[str, RunStats] = collections.defaultdict(RunStats)
+        self.journal: Journal | None = None
+        self.errors = strict_errors if strict_errors is not None else []
+        self._inflight: dict = {}     # the cycle being sent: journaled at exit if it never ends
+        self._busy = threading.RLock()  # held inside MLflow (and imports): see _before_fork
+        self._fork_held = False
+        _WRITERS.add(self)
+
     @property
     def _exiting(self) -> bool:
         return self._exit_at is not None
@@ -449,14 +467,6 @@ class Writer:
             self._exit_at = time.monotonic()
         elif not value:
             self._exit_at = None
-
-    def _start(self) -> None:
-        with self._start_lock:
-            if self._thread is None:
-                thread = threading.Thread(target=self._loop, name="azml_v1_bridge-writer",
-                                          daemon=True)
-                thread.start()
-                self._thread = thread
 
     def _reset_after_fork(self) -> None:
         """In a forked child: the writer thread is gone and the parent's queue is the parent's."""

@@ -28,12 +28,12 @@ import time
 from multiprocessing.connection import Connection
 
 from . import config
-from .deliver import WAKE_EVERY, RunStats, Writer, describe_error
+from .deliver import FLUSH, QueueFront, RunStats, Writer, describe_error
 from .ops import End, Metric
 
 logger = logging.getLogger("azml_v1_bridge")
 
-_FLUSH, _CLOSE = object(), object()  # queue markers (never a v1 method name)
+_CLOSE = object()  # queue marker (never a v1 method name), next to deliver.FLUSH
 
 
 
@@ -63,62 +63,23 @@ class _Journal:
         self.path = path
 
 
-class ProcessWriter:
+class ProcessWriter(QueueFront):
     """The training process's side: a deque, a forwarder thread, a pipe to the child."""
 
+    THREAD_NAME = "azml_v1_bridge-forwarder"
+
     def __init__(self, cfg: config.Config):
-        self.cfg = cfg
-        self._queue: collections.deque = collections.deque()
-        self._wake = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._start_lock = threading.Lock()
+        self._init_front(cfg)
         self.stats: dict = collections.defaultdict(RunStats)
         self.errors: list = []
         self.journal: _Journal | None = None
-        self._staging: str | None = None
         self._exiting = False
         self._proc: subprocess.Popen | None = None
         self._send_conn: Connection | None = None
         self._recv_conn: Connection | None = None
-        self._records: dict = {}
         self._sent: set = set()
         self._fallback: Writer | None = None
         self._clients: dict = {}
-
-    # ----------------------------------------------------------- caller side (as Writer)
-
-    def submit(self, record, method, ops) -> None:
-        lid = record.local_id
-        if len(ops) == 1 and type(ops[0]) is Metric and lid in self._records:
-            # a lone point as a tuple of plain values: the GC stops tracking it, so a long
-            # queue never triggers full collections on the training loop
-            m = ops[0]
-            item = (lid, method, m.key, m.value, m.timestamp, m.step)
-        else:
-            self._records[lid] = record
-            item = (record, method, ops)
-        queue = self._queue
-        queue.append(item)
-        if self._thread is None:
-            self._start()
-        n = len(queue)
-        if n % WAKE_EVERY == 0:
-            self._wake.set()
-            if n > self.cfg.queue_max and threading.current_thread() is not self._thread:
-                while len(self._queue) > self.cfg.queue_max and self._thread.is_alive():
-                    self._wake.set()
-                    time.sleep(0.002)
-
-    def flush(self, timeout: float | None = None) -> bool:
-        if self._thread is None and not self._queue:
-            return True
-        if threading.current_thread() is self._thread:
-            return False
-        done = threading.Event()
-        self._queue.append((None, _FLUSH, done))
-        self._start()
-        self._wake.set()
-        return done.wait(timeout)
 
     def close(self, timeout: float) -> bool:
         self._exiting = True
@@ -130,13 +91,6 @@ class ProcessWriter:
         self._wake.set()
         return done.wait(timeout)
 
-    def staging_dir(self) -> str:
-        if self._staging is None:
-            import tempfile
-
-            self._staging = tempfile.mkdtemp(prefix="azml_v1_bridge-")
-        return self._staging
-
     def client(self, uri: str):
         client = self._clients.get(uri)
         if client is None:
@@ -144,14 +98,6 @@ class ProcessWriter:
 
             client = self._clients[uri] = MlflowClient(tracking_uri=uri)
         return client
-
-    def _start(self) -> None:
-        with self._start_lock:
-            if self._thread is None:
-                thread = threading.Thread(target=self._loop, name="azml_v1_bridge-forwarder",
-                                          daemon=True)
-                thread.start()
-                self._thread = thread
 
     def forget_parent(self) -> None:
         """In a forked child: the pipe is the parent's; close our copy without a word."""
@@ -207,7 +153,7 @@ class ProcessWriter:
                 batch.append(item)
                 continue
             record, method, ops = item
-            if method is _FLUSH or method is _CLOSE:
+            if method is FLUSH or method is _CLOSE:
                 self._send(batch)
                 batch = []
                 self._barrier(method, ops)
@@ -218,7 +164,7 @@ class ProcessWriter:
                 for rec in (record.parent, record):
                     if rec is not None and rec.local_id not in self._sent:
                         self._sent.add(rec.local_id)
-                        self._records[rec.local_id] = rec
+                        self.records[rec.local_id] = rec
                         batch.append(("record", _record_message(rec)))
             batch.append((record.local_id, method, _pack(ops)))
             if len(batch) >= 20_000:
@@ -265,7 +211,7 @@ class ProcessWriter:
 
     def _apply(self, reply: dict) -> None:
         for local_id, (run_id, experiment_id, uri) in reply["runs"].items():
-            record = self._records.get(local_id)
+            record = self.records.get(local_id)
             if record is not None:
                 record.mlflow_run_id = run_id or record.mlflow_run_id
                 record.experiment_id = experiment_id or record.experiment_id
@@ -306,10 +252,10 @@ class ProcessWriter:
                 continue
             if len(item) == 6:
                 local_id, method, key, value, ts, step = item
-                writer.submit(self._records[local_id], method, [Metric(key, value, ts, step)])
+                writer.submit(self.records[local_id], method, [Metric(key, value, ts, step)])
                 continue
             local_id, method, ops = item
-            writer.submit(self._records[local_id], method, _unpack(ops))
+            writer.submit(self.records[local_id], method, _unpack(ops))
 
     def _adopt_stats(self, writer: Writer) -> None:
         for local_id, stats in writer.stats.items():

@@ -126,6 +126,10 @@ def _add(cls, name: str, function) -> None:
 def _patch_class(cls, methods) -> None:
     for name in methods:
         if name not in cls.__dict__:
+            if not hasattr(cls, name) and not (cls.__name__ == "_OfflineRun" and name in OFFLINE_ADDITIONS):
+                # an older or newer azureml-core without it: skip, never fail the import
+                logger.debug("azml_v1_bridge: %s.%s does not exist in this azureml-core; "
+                             "calls to it are not bridged", cls.__name__, name)
             continue  # inherited: the base class wrapper covers it
         if is_bridged(cls.__dict__[name]):
             continue

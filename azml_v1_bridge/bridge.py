@@ -289,8 +289,7 @@ def install_hooks() -> None:
     previous_hook = sys.excepthook
 
     def excepthook(exc_type, exc, tb):
-        if not issubclass(exc_type, KeyboardInterrupt) or True:
-            STATE.uncaught = True
+        STATE.uncaught = True  # any uncaught exception, Ctrl-C included, ends the runs FAILED
         previous_hook(exc_type, exc, tb)
 
     sys.excepthook = excepthook

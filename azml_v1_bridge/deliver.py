@@ -411,8 +411,12 @@ class QueueFront:
             return True
         if threading.current_thread() is self._thread:
             return False
+        return self._wait_for(FLUSH, timeout)
+
+    def _wait_for(self, marker, timeout: float | None) -> bool:
+        """Queue a marker behind everything submitted so far and wait until the loop reaches it."""
         done = threading.Event()
-        self._queue.append((None, FLUSH, done))
+        self._queue.append((None, marker, done))
         self._start()
         self._wake.set()
         return done.wait(timeout)

@@ -85,11 +85,7 @@ class ProcessWriter(QueueFront):
         self._exiting = True
         if self._thread is None and not self._queue:
             return True
-        done = threading.Event()
-        self._queue.append((None, _CLOSE, done))
-        self._start()
-        self._wake.set()
-        return done.wait(timeout)
+        return self._wait_for(_CLOSE, timeout)
 
     def client(self, uri: str):
         client = self._clients.get(uri)

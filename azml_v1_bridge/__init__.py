@@ -4,34 +4,40 @@
 logging methods (now, or when azureml.core is imported later) in the mode
 named by AZML_V1_BRIDGE_MODE: ``mirror`` (default), ``mlflow`` or ``off``.
 An unknown mode fails here, before any training starts.
+
+The tools (``azml_v1_bridge_tools``: CLI, doctor, scan, migrate, replay) import
+this package without activating it.
 """
 from __future__ import annotations
+
+import sys
 
 from .bridge import BridgeError, finish, flush, mlflow_run_id
 from .config import MODES, ConfigError
 from .patch import disable, enable, is_enabled
 
-__version__ = "0.1.0"
-
-
-def _started_as_cli() -> bool:
-    # `azml-v1-bridge doctor` must be able to *report* a bad mode, not die importing us.
-    import os
-    import sys
-
-    argv0 = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
-    if argv0.startswith("azml-v1-bridge"):
-        return True
-    orig = list(getattr(sys, "orig_argv", ()))
-    return any(orig[i] == "-m" and orig[i + 1] in ("azml_v1_bridge", "azml_v1_bridge.cli")
-               for i in range(len(orig) - 1))
-
+__version__ = "0.2.0"
 
 __all__ = ["enable", "disable", "is_enabled", "flush", "finish", "mlflow_run_id", "ConfigError",
            "BridgeError", "MODES", "__version__"]
 
-try:
-    enable()
-except ConfigError:
-    if not _started_as_cli():
-        raise
+
+def _imported_by_tools() -> bool:
+    # The tools package is in sys.modules while it (or a tool module) imports us.
+    return "azml_v1_bridge_tools" in sys.modules
+
+
+def _started_as_cli() -> bool:
+    # `python -m azml_v1_bridge doctor` must be able to *report* a bad mode, not die importing us.
+    orig = list(getattr(sys, "orig_argv", ()))
+    return any(orig[i] == "-m" and orig[i + 1] == "azml_v1_bridge" and orig[i + 2:i + 3] != []
+               and orig[i + 2] in ("run", "doctor", "replay", "scan", "migrate", "--version", "help")
+               for i in range(len(orig) - 1))
+
+
+if not _imported_by_tools():
+    try:
+        enable()
+    except ConfigError:
+        if not _started_as_cli():
+            raise

@@ -13,7 +13,9 @@ import os
 import runpy
 import sys
 
-from . import cli, config, patch
+from azml_v1_bridge_tools import cli
+
+from . import config, patch
 
 USAGE = ("usage: python -m azml_v1_bridge SCRIPT.py [ARGS...]\n"
          "       python -m azml_v1_bridge -m MODULE [ARGS...]\n"

@@ -34,7 +34,7 @@ V1_SCRIPT = """
 def cli():
     """The installed console script if there is one, else the same CLI through -m."""
     found = shutil.which("azml-v1-bridge", path=os.path.dirname(sys.executable))
-    return [found] if found else [sys.executable, "-m", "azml_v1_bridge.cli"]
+    return [found] if found else [sys.executable, "-m", "azml_v1_bridge_tools.cli"]
 
 
 def child_env(extra=None):
@@ -210,7 +210,7 @@ def test_chains_to_an_existing_sitecustomize_and_survives_missing_methods(store,
     assert run.data.metrics == {"still_bridged": 1.0}
 
     # doctor, with that azureml-core: the missing method is named, and it is not an error
-    doctor = launch([sys.executable, "-m", "azml_v1_bridge.cli", "doctor"], tmp_path, env=env)
+    doctor = launch([sys.executable, "-m", "azml_v1_bridge_tools.cli", "doctor"], tmp_path, env=env)
     assert doctor.returncode == 0, doctor.stdout + doctor.stderr
     assert "Run.log_residuals" in doctor.stdout and "_OfflineRun.log_residuals" in doctor.stdout
 
@@ -327,7 +327,8 @@ def test_password_in_the_tracking_uri_never_appears(mlflow_server, tmp_path):
 def test_options_are_the_variables_and_bootstrap_goes_first_once():
     import argparse
 
-    from azml_v1_bridge import cli as cli_module, config
+    from azml_v1_bridge import config
+    from azml_v1_bridge_tools import cli as cli_module
 
     args = argparse.Namespace(mode="mlflow", tracking_uri="sqlite:///x.db", experiment="e",
                               journal=None, no_report=True)
@@ -341,7 +342,7 @@ def test_options_are_the_variables_and_bootstrap_goes_first_once():
 
 
 def test_unknown_and_missing_subcommands(capsys):
-    from azml_v1_bridge import cli as cli_module
+    from azml_v1_bridge_tools import cli as cli_module
 
     assert cli_module.main(["frobnicate"]) == 2
     assert cli_module._delegate("no_such_tool", []) == 2

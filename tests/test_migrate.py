@@ -9,7 +9,8 @@ import types
 
 import pytest
 
-from azml_v1_bridge import migrate, scan, translate
+from azml_v1_bridge import translate
+from azml_v1_bridge_tools import migrate, scan
 from azml_v1_bridge.deliver import DOC_KINDS, Doc
 from azml_v1_bridge.ops import AppendText, Artifact, ArtifactFile, Image, Metric
 
@@ -78,7 +79,7 @@ def test_helpers_do_what_translate_and_the_writer_do():
     """Each helper copied into migrated files, against translate + deliver on the same calls."""
     import numpy as np
 
-    from azml_v1_bridge import migrate_runtime as rt
+    from azml_v1_bridge_tools import migrate_runtime as rt
 
     state = translate.RunState()
 

@@ -31,7 +31,7 @@ from azml_v1_bridge import ranks  # noqa: E402
 from azml_v1_bridge.ops import (AppendTable, AppendText, Artifact, ArtifactFile, Chart, End,  # noqa: E402
                                 ExtendList, Image, Metric, Param, Tag)
 
-LAUNCH = [sys.executable, "-m", "azml_v1_bridge.cli", "run", "--one-run", "--mode", "mlflow"]
+LAUNCH = [sys.executable, "-m", "azml_v1_bridge_tools.cli", "run", "--one-run", "--mode", "mlflow"]
 
 RANK_SCRIPT = """
 import os, sys, time

@@ -109,7 +109,7 @@ def test_server_down_for_the_whole_run_then_replay(restartable_mlflow_server, tm
     check_training_runs(client, tmp_path, set(first["runs"]))
 
     # again, through the command line: everything is found, nothing is sent twice
-    again = subprocess.run([sys.executable, "-m", "azml_v1_bridge.replay", str(journal)],
+    again = subprocess.run([sys.executable, "-m", "azml_v1_bridge_tools.replay", str(journal)],
                            env=dict(os.environ, PYTHONPATH=ROOT, MLFLOW_TRACKING_URI=server.url),
                            capture_output=True, text=True, timeout=120)
     assert again.returncode == 0, again.stderr
@@ -208,7 +208,8 @@ def every_kind_journal(tmp_path_factory):
 def test_every_kind_of_work_is_journaled_and_replayed(every_kind_journal, tmp_path, monkeypatch):
     import mlflow
 
-    from azml_v1_bridge.replay import main, replay_journal
+    from azml_v1_bridge.replay import replay_journal
+    from azml_v1_bridge_tools.replay import main
 
     kinds = {json.loads(line)["t"] for line in every_kind_journal.read_text().splitlines()}
     assert kinds == {"journal", "run", "create", "metrics", "params", "tags", "artifact",
@@ -251,7 +252,7 @@ def test_every_kind_of_work_is_journaled_and_replayed(every_kind_journal, tmp_pa
 
 def test_replay_target_precedence(every_kind_journal, tmp_path, monkeypatch):
     """--tracking-uri beats MLFLOW_TRACKING_URI, which beats the journal's recorded URI."""
-    from azml_v1_bridge.replay import main
+    from azml_v1_bridge_tools.replay import main
 
     env_uri = f"sqlite:///{tmp_path}/from_env.db"
     flag_uri = f"sqlite:///{tmp_path}/from_flag.db"
@@ -265,7 +266,8 @@ def test_replay_target_precedence(every_kind_journal, tmp_path, monkeypatch):
 
 def test_replay_survives_a_torn_last_line(tmp_path, monkeypatch):
     """A process killed mid-write leaves half a line: the rest is delivered, the line reported."""
-    from azml_v1_bridge.replay import main, replay_journal
+    from azml_v1_bridge.replay import replay_journal
+    from azml_v1_bridge_tools.replay import main
 
     journal = tmp_path / "torn.jsonl"
     run_line = {"t": "run", "run": "abc", "tracking_uri": None, "v1_id": "v1", "parent": None,

@@ -148,7 +148,7 @@ def test_report_of_a_launched_script_counts_its_calls(store, tmp_path):
         run.log("text", "hello")
     """
     env = {"AZML_V1_BRIDGE_REPORT": "1"}
-    launcher = [sys.executable, "-m", "azml_v1_bridge.cli", "run", "--"]
+    launcher = [sys.executable, "-m", "azml_v1_bridge_tools.cli", "run", "--"]
     result = run_script(code, tmp_path, env=env, launcher=launcher)
     assert result.returncode == 0, result.stderr
     runs = all_runs(store)

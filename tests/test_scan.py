@@ -6,7 +6,8 @@ import shutil
 
 import pytest
 
-from azml_v1_bridge import scan, translate
+from azml_v1_bridge import translate
+from azml_v1_bridge_tools import scan
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 LEGACY = os.path.join(HERE, "legacy_scripts")

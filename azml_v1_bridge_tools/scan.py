@@ -27,8 +27,8 @@ from typing import Any
 import libcst as cst
 from libcst.metadata import MetadataWrapper, ParentNodeProvider, PositionProvider
 
-from . import ops as ops_module
-from . import patch, translate
+from azml_v1_bridge import ops as ops_module
+from azml_v1_bridge import patch, translate
 
 TOOL = "azml-v1-bridge"
 TODO_PREFIX = "# TODO(azml-v1-bridge): "

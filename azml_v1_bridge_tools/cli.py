@@ -2,7 +2,7 @@
 
     azml-v1-bridge run [--mode M] [--tracking-uri U] [--experiment X] [--one-run] -- COMMAND ARGS...
     azml-v1-bridge doctor [--mode M] [--tracking-uri U] [--experiment X]
-    azml-v1-bridge replay ...        (azml_v1_bridge.replay)
+    azml-v1-bridge replay ...        (azml_v1_bridge_tools.replay)
     azml-v1-bridge scan ... / migrate ...
 
 `run` starts COMMAND with `_bootstrap/` first on PYTHONPATH: every Python process
@@ -19,10 +19,11 @@ import signal
 import subprocess
 import sys
 
-from . import config
+from azml_v1_bridge import config
 
 PROG = "azml-v1-bridge"
-BOOTSTRAP_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_bootstrap")
+# The runtime's folder, found without importing it (an import would activate the bridge here).
+BOOTSTRAP_DIR = os.path.join(os.path.dirname(os.path.abspath(config.__file__)), "_bootstrap")
 DELEGATED = {
     "replay": "deliver a journal written while the tracking store was unreachable",
     "scan": "list the v1 calls in a code base and how each maps to MLflow",
@@ -40,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         _usage(sys.stdout if argv else sys.stderr)
         return 0 if argv else 2
     if argv[0] == "--version":
-        from . import __version__
+        from azml_v1_bridge import __version__
 
         print(f"{PROG} {__version__}")
         return 0
@@ -73,7 +74,7 @@ def _usage(out) -> None:
 
 
 def _delegate(name: str, argv: list[str]) -> int:
-    module_name = f"azml_v1_bridge.{name}"
+    module_name = f"azml_v1_bridge_tools.{name}"
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
@@ -290,7 +291,7 @@ def _source_name(command: list[str]) -> str:
 
 def end_shared_run(shared: SharedRun, code: int, env: dict) -> None:
     """After the last process: merge their reports and write the terminal status, once."""
-    from . import report
+    from azml_v1_bridge import report
 
     status = "FINISHED" if code == 0 else "FAILED"
     if status == "FINISHED" and _a_process_failed(shared):
@@ -325,7 +326,7 @@ def end_shared_run(shared: SharedRun, code: int, env: dict) -> None:
 def _upload_outputs(shared: SharedRun, env: dict) -> None:
     """./outputs into the shared run, as the v1 job runtime did after the job (the ranks do not:
     the run is not theirs to end); AZML_V1_BRIDGE_OUTPUTS as for any run."""
-    from . import outputs
+    from azml_v1_bridge import outputs
 
     try:
         enabled = config.load(env).outputs_enabled()
@@ -356,7 +357,7 @@ def _report_parts(shared: SharedRun) -> list:
 
     import mlflow
 
-    from . import report
+    from azml_v1_bridge import report
 
     listed = shared.client.list_artifacts(shared.run_id, report.PART_DIR)
     paths = sorted(f.path for f in listed if not f.is_dir and f.path.endswith(".json"))
@@ -386,5 +387,5 @@ def _terminal_sent_it() -> bool:
         os.close(fd)
 
 
-if __name__ == "__main__":  # python -m azml_v1_bridge.cli
+if __name__ == "__main__":  # python -m azml_v1_bridge_tools.cli
     sys.exit(main())

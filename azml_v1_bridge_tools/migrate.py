@@ -34,7 +34,9 @@ from dataclasses import dataclass, field
 
 import libcst as cst
 
-from . import ops as ops_module, scan, translate
+from azml_v1_bridge import ops as ops_module, translate
+
+from . import scan
 from .scan import TODO_PREFIX, TOOL, Site, dotted, literal
 
 RICH = ("log_confusion_matrix", "log_accuracy_table", "log_predictions", "log_residuals")

@@ -15,7 +15,9 @@ import threading
 from importlib import metadata
 from urllib.parse import unquote, urlsplit
 
-from . import cli, config
+from azml_v1_bridge import config
+
+from . import cli
 
 DISTRIBUTIONS = (("azureml-core", ("azureml-core",)), ("mlflow", ("mlflow", "mlflow-skinny")),
                  ("wrapt", ("wrapt",)))
@@ -123,7 +125,7 @@ class Doctor:
         self.info("tracking URI", f"{uri} ({source})")
 
     def check_versions(self) -> None:
-        from . import __version__
+        from azml_v1_bridge import __version__
 
         parts = [f"Python {sys.version.split()[0]}"]
         for label, names in DISTRIBUTIONS:
@@ -147,7 +149,7 @@ class Doctor:
         try:
             import wrapt
 
-            from . import patch
+            from azml_v1_bridge import patch
         except ImportError as exc:
             self.problem(f"the bridge cannot patch anything: {exc}")
             return
@@ -398,7 +400,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     cli.apply_config_options(args, os.environ)
     try:  # the options may change the mode: patch (or not) as a script would
-        from . import patch
+        from azml_v1_bridge import patch
 
         patch.enable()
     except config.ConfigError:

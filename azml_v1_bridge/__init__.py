@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import sys
 
-from .bridge import BridgeError, finish, flush, mlflow_run_id
+from .bridge import BridgeError, flush, mlflow_run_id
 from .config import MODES, ConfigError
+from .lifecycle import finish
 from .patch import disable, enable, is_enabled
 
 __version__ = "0.2.0"

@@ -6,7 +6,6 @@ exceptions. Errors here never reach user code unless AZML_V1_BRIDGE_STRICT=1.
 """
 from __future__ import annotations
 
-import atexit
 import io
 import logging
 import os
@@ -19,7 +18,8 @@ import uuid
 from threading import get_ident
 
 from . import config, ranks
-from .deliver import Writer, describe_error
+from .delivery.errors import describe_error
+from .delivery.writer import Writer
 from .ops import ArtifactFile, Artifact, CreateRun, End, Note, Tag
 from .runs import ATTR, Registry
 from .translate import TRANSLATORS, Call, NewRun
@@ -46,11 +46,12 @@ class State:
         self.registry = Registry()
         self.writer: Writer | None = None
         self.pid = os.getpid()
-        self.uncaught = False
-        self.closed = False
         self.failures = 0
         self.warned: set = set()
-        self.hooks_installed = False
+
+    def new_registry(self) -> None:
+        """The next v1 run maps to a new MLflow run (finish())."""
+        self.registry = Registry()
 
     def get_writer(self):
         writer = self.writer
@@ -59,7 +60,7 @@ class State:
                 writer = self.writer
                 if writer is None:
                     if self.cfg.writer == "process":
-                        from .sidecar import ProcessWriter
+                        from .delivery.sidecar import ProcessWriter
 
                         writer = ProcessWriter(self.cfg)
                     else:
@@ -176,6 +177,8 @@ def emit(method, instance, args, kwargs, result) -> None:
         return
     if fresh:
         ops.insert(0, CreateRun())
+    if record.key_suffix:  # a forked child writing into its parent's run (lifecycle.py)
+        ops = ranks.into_series(ops, record.key_suffix)
     if record.adopted:  # a run other processes may share (ranks.py)
         ops = ranks.for_rank(ops, STATE.cfg.rank)
         if any(type(op) is End for op in ops):  # never end a run the bridge did not create
@@ -213,7 +216,12 @@ def _new_runs(parent, ops, writer) -> list:
 def _wait(writer) -> None:
     if not writer.flush(STATE.cfg.exit_timeout):
         _failed("flush", TimeoutError(f"not delivered within {STATE.cfg.exit_timeout}s"))
-    if STATE.cfg.strict and writer.errors:
+    if STATE.cfg.strict:
+        _raise_errors(writer)
+
+
+def _raise_errors(writer) -> None:
+    if writer.errors:
         problems, writer.errors[:] = list(writer.errors), []
         raise BridgeError("azml_v1_bridge delivery failed: " + "; ".join(problems))
 
@@ -263,9 +271,15 @@ def _copy(path: str, writer: Writer) -> str:
 
 
 def flush(timeout: float | None = None) -> bool:
-    """Block until everything logged so far is in MLflow (or journaled)."""
+    """Block until everything logged so far is in MLflow (or journaled). In strict mode,
+    anything journaled or lost raises BridgeError."""
     writer = STATE.writer
-    return True if writer is None else writer.flush(timeout)
+    if writer is None:
+        return True
+    done = writer.flush(timeout)
+    if STATE.cfg.strict:
+        _raise_errors(writer)
+    return done
 
 
 def mlflow_run_id(run) -> str | None:
@@ -279,86 +293,7 @@ def mlflow_run_id(run) -> str | None:
     return record.mlflow_run_id
 
 
-# ---------------------------------------------------------------- process hooks
-
-def install_hooks() -> None:
-    if STATE.hooks_installed:
-        return
-    STATE.hooks_installed = True
-    atexit.register(shutdown)
-    previous_hook = sys.excepthook
-
-    def excepthook(exc_type, exc, tb):
-        STATE.uncaught = True  # any uncaught exception, Ctrl-C included, ends the runs FAILED
-        previous_hook(exc_type, exc, tb)
-
-    sys.excepthook = excepthook
-    if hasattr(os, "register_at_fork"):
-        os.register_at_fork(after_in_child=_after_fork_in_child)
-    if threading.current_thread() is threading.main_thread():
-        try:
-            previous = signal.getsignal(signal.SIGTERM)
-            signal.signal(signal.SIGTERM, _sigterm_handler(previous))
-        except (ValueError, OSError):  # not the main interpreter
-            pass
-
-
-def _sigterm_handler(previous):
-    def on_sigterm(signum, frame):
-        try:
-            shutdown(status="KILLED")
-        except Exception:
-            pass
-        if callable(previous):
-            previous(signum, frame)
-        elif previous == signal.SIG_IGN:
-            return
-        else:
-            signal.signal(signum, signal.SIG_DFL)
-            os.kill(os.getpid(), signum)
-
-    return on_sigterm
-
-
-def _after_fork_in_child() -> None:
-    global _WRITER_LOCK
-    _WRITER_LOCK = threading.Lock()
-    # The writer thread did not survive the fork; the parent's queue is the parent's.
-    if STATE.writer is not None and hasattr(STATE.writer, "forget_parent"):
-        STATE.writer.forget_parent()
-    STATE.writer = None
-    STATE.pid = os.getpid()
-    STATE.closed = False
-    STATE.registry.after_fork()
-    store = sys.modules.get("mlflow.store.tracking.sqlalchemy_store")
-    if store is not None:  # SQLAlchemy: never reuse the parent's pooled connections
-        cls = store.SqlAlchemyStore
-        cls._engine_map_lock = threading.Lock()
-        for engine in list(cls._engine_map.values()):
-            try:
-                engine.dispose(close=False)
-            except Exception:
-                pass
-    if "multiprocessing" in sys.modules:
-        # multiprocessing children leave through os._exit: atexit never runs there.
-        import multiprocessing.util as mp_util
-
-        mp_util.register_after_fork(STATE, lambda _: mp_util.Finalize(None, shutdown,
-                                                                      exitpriority=100))
-
-
-def _end_open_runs(writer: Writer, status: str) -> None:
-    now = int(time.time() * 1000)
-    for record in STATE.registry.open_records(STATE.pid):
-        record.ended = True
-        if record.adopted and record.mlflow_run_id == STATE.cfg.launcher_run_id:
-            # the launcher's run: say how this process ended; the launcher ends the run once
-            writer.submit(record, None, ranks.end_as_status([End(status, now)], _process_label()))
-            continue
-        if record.adopted or record.muted:
-            continue  # not ours to end: MLFLOW_RUN_ID's owner or the user's own mlflow run
-        writer.submit(record, None, _with_outputs(record, [End(status, now)]))
-
+# ---------------------------------------------------------------- around the call
 
 def _process_label() -> str:
     import socket
@@ -407,55 +342,12 @@ def _with_outputs(record, ops: list) -> list:
     return _stage(rest, writer) + ops
 
 
-def _publish_report(writer: Writer, records) -> None:
-    try:
-        from . import report
-
-        report.publish(writer, records, STATE.cfg)
-    except Exception as exc:
-        _failed("report", exc)
-
-
-def finish(status: str = "FINISHED") -> None:
-    """End this process's open runs (status as given), deliver everything, and start afresh:
-    the next v1 run maps to a new MLflow run. For notebooks, and tests."""
-    writer = STATE.writer
-    if writer is None:
-        return
-    records = [r for r in STATE.registry.records if r.owner_pid == STATE.pid]
-    writer.flush(STATE.cfg.exit_timeout)
-    _publish_report(writer, records)
-    _end_open_runs(writer, status)
-    _wait(writer)
-    STATE.registry = Registry()  # the writer (and its process) stays for the next runs
-
-
-def retire_writer() -> None:
-    """Deliver what the current writer holds and let it go."""
-    writer, STATE.writer = STATE.writer, None
-    if writer is not None:
-        writer.close(STATE.cfg.exit_timeout)
-
-
-def shutdown(status: str | None = None) -> None:
-    """At exit (or SIGTERM): end open runs and deliver everything before the interpreter goes."""
-    if STATE.closed or STATE.pid != os.getpid():
-        return
-    STATE.closed = True
-    writer = STATE.writer
-    if writer is None:
-        return
-    final = status or ("FAILED" if STATE.uncaught else "FINISHED")
-    try:
-        records = [r for r in STATE.registry.records if r.owner_pid == STATE.pid]
-        writer._exiting = True
-        writer.flush(STATE.cfg.exit_timeout)
-        _publish_report(writer, records)
-        _end_open_runs(writer, final)
-        if not writer.close(STATE.cfg.exit_timeout):
-            logger.warning("azml_v1_bridge: could not deliver everything within %ss at exit "
-                           "(AZML_V1_BRIDGE_EXIT_TIMEOUT)", STATE.cfg.exit_timeout)
-        if writer._staging:
-            shutil.rmtree(writer._staging, ignore_errors=True)
-    except Exception as exc:
-        logger.warning("azml_v1_bridge: exit delivery failed: %s", describe_error(exc))
+def after_fork_in_child() -> None:
+    """The call path's state in a forked child (lifecycle.py decides the rest)."""
+    global _WRITER_LOCK
+    _WRITER_LOCK = threading.Lock()
+    if STATE.writer is not None:
+        STATE.writer.forget_after_fork()  # the parent's queue is the parent's to deliver
+    STATE.writer = None
+    STATE.pid = os.getpid()
+    STATE.registry.after_fork()

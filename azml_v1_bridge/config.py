@@ -21,6 +21,7 @@ QUEUE_MAX = "AZML_V1_BRIDGE_QUEUE_MAX"
 FLUSH_INTERVAL = "AZML_V1_BRIDGE_FLUSH_INTERVAL"
 RETRY_SECONDS = "AZML_V1_BRIDGE_RETRY_SECONDS"
 EXIT_TIMEOUT = "AZML_V1_BRIDGE_EXIT_TIMEOUT"
+SIGTERM_TIMEOUT = "AZML_V1_BRIDGE_SIGTERM_TIMEOUT"
 WRITER = "AZML_V1_BRIDGE_WRITER"
 # Set by the launcher: the run it created for every process it starts.
 LAUNCHER_RUN_ID = "AZML_V1_BRIDGE_LAUNCHER_RUN_ID"
@@ -67,6 +68,7 @@ class Config:
     flush_interval: float = 0.5
     retry_seconds: float = 30.0
     exit_timeout: float = 120.0
+    sigterm_timeout: float = 25.0  # clusters usually grant 30 s between SIGTERM and SIGKILL
     writer: str = "thread"
     launcher_run_id: str | None = None
     rank: str | None = None
@@ -140,6 +142,7 @@ def load(env: Mapping[str, str] | None = None) -> Config:
         flush_interval=_number(env, FLUSH_INTERVAL, 0.5),
         retry_seconds=_number(env, RETRY_SECONDS, 30.0),
         exit_timeout=_number(env, EXIT_TIMEOUT, 120.0),
+        sigterm_timeout=_number(env, SIGTERM_TIMEOUT, 25.0),
         writer=_choice(env, WRITER, WRITERS),
         launcher_run_id=env.get(LAUNCHER_RUN_ID) or None,
         rank=(env.get(RANK) or "").strip() or _launcher_rank(env),

@@ -12,7 +12,7 @@ import types
 
 import wrapt
 
-from . import bridge, config
+from . import bridge, config, lifecycle
 from . import reads
 from .standins import GETTERS, STANDINS
 
@@ -241,7 +241,7 @@ def enable(mode: str | None = None) -> str:
         cfg = replace(cfg, mode=config.check_mode(mode))
     with PATCHES.lock:
         if bridge.STATE.writer is not None and cfg != bridge.STATE.cfg:
-            bridge.retire_writer()  # new settings: the next call starts a writer that has them
+            lifecycle.retire_writer()  # new settings: the next call starts a writer that has them
         bridge.STATE.cfg = cfg
         if cfg.mode == "off":
             disable()
@@ -253,7 +253,7 @@ def enable(mode: str | None = None) -> str:
             return cfg.mode
         bridge.STATE.mode = cfg.mode
         PATCHES.active = True
-        bridge.install_hooks()
+        lifecycle.install()
         if not PATCHES.hooks_registered:
             PATCHES.hooks_registered = True
             wrapt.register_post_import_hook(_patch_run_module, "azureml.core.run")

@@ -78,17 +78,12 @@ def is_secondary(rank) -> bool:
 
 def rank_key(key: str, rank) -> str:
     """`key/rank_N`, within MLflow's 250 characters (a long key is cut and hashed)."""
-    suffix = SUFFIX + label(rank)
-    if len(key) + len(suffix) <= MAX_KEY:
-        return key + suffix
-    digest = format(zlib.crc32(key.encode("utf-8", "surrogatepass")), "08x")
-    return key[: MAX_KEY - len(suffix) - 9] + "~" + digest + suffix
+    return series_key(key, SUFFIX + label(rank))
 
 
 def rank_path(path: str, rank) -> str:
     """`dir/name.ext` -> `dir/name/rank_N.ext`."""
-    stem, ext = posixpath.splitext(path)
-    return f"{stem}{SUFFIX}{label(rank)}{ext}"
+    return _series_path(path, SUFFIX + label(rank))
 
 
 def split_key(key: str) -> tuple[str, str | None]:
@@ -109,25 +104,44 @@ def for_rank(ops: list, rank) -> list:
     """The ops of a secondary rank, renamed into its own series and files (see module doc)."""
     if not is_secondary(rank):
         return ops
+    return into_series(ops, SUFFIX + label(rank))
+
+
+def series_key(key: str, suffix: str) -> str:
+    """`key` + `suffix`, within MLflow's 250 characters (a long key is cut and hashed)."""
+    if len(key) + len(suffix) <= MAX_KEY:
+        return key + suffix
+    digest = format(zlib.crc32(key.encode("utf-8", "surrogatepass")), "08x")
+    return key[: MAX_KEY - len(suffix) - 9] + "~" + digest + suffix
+
+
+def into_series(ops: list, suffix: str) -> list:
+    """Ops renamed into a series of their own: metric and image keys get `suffix`
+    (`/rank_3`, `/fork_<pid>`), the bridge's per-name files get it before the extension."""
     out = []
     for op in ops:
         t = type(op)
         if t is Metric:
-            op = Metric(rank_key(op.key, rank), op.value, op.timestamp, op.step)
+            op = Metric(series_key(op.key, suffix), op.value, op.timestamp, op.step)
         elif t is Image:
-            op = Image(rank_key(op.key, rank), op.data, op.step, op.timestamp)
+            op = Image(series_key(op.key, suffix), op.data, op.step, op.timestamp)
         elif t is AppendText:
-            op = AppendText(rank_path(op.path, rank), op.text)
+            op = AppendText(_series_path(op.path, suffix), op.text)
         elif t is AppendTable:
-            op = AppendTable(rank_path(op.path, rank), op.columns)
+            op = AppendTable(_series_path(op.path, suffix), op.columns)
         elif t is ExtendList:
-            op = ExtendList(rank_path(op.path, rank), op.values)
+            op = ExtendList(_series_path(op.path, suffix), op.values)
         elif t is Chart:
-            op = Chart(rank_path(op.path, rank), op.obj, op.title)
+            op = Chart(_series_path(op.path, suffix), op.obj, op.title)
         elif t is Artifact and not op.path.startswith(BRIDGE_DIR):
-            op = Artifact(rank_path(op.path, rank), op.data)
+            op = Artifact(_series_path(op.path, suffix), op.data)
         out.append(op)
     return out
+
+
+def _series_path(path: str, suffix: str) -> str:
+    stem, ext = posixpath.splitext(path)
+    return f"{stem}{suffix}{ext}"
 
 
 def process_label(rank, host: str, pid: int) -> str:

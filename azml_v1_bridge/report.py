@@ -29,9 +29,10 @@ MAX_SHOWN = 3          # detail lines per kind in the printed table
 _published: set = set()  # local ids already reported by this process
 
 
-def publish(writer, records, cfg) -> None:
-    """Store the report of every run this process owns, and print the table."""
-    stats = getattr(writer, "stats", None)
+def publish(writer, records, cfg, timeout: float | None = None) -> None:
+    """Store the report of every run this process owns, and print the table. The counts
+    live on each run's ledger, so runs that a replaced writer delivered are reported too."""
+    stats = {r.local_id: r.ledger.stats for r in records if r.ledger.stats.calls}
     if not stats:
         return  # nothing was ever logged: stay cheap
     pid = os.getpid()
@@ -52,7 +53,7 @@ def publish(writer, records, cfg) -> None:
         reports.append((members[0], report))
         writer.submit(members[0], None, [Artifact(artifact_path(members[0], cfg),
                                                   _dump(report))])
-    writer.flush(cfg.exit_timeout)
+    writer.flush(cfg.exit_timeout if timeout is None else timeout)
     if cfg.report:
         try:
             sys.stderr.write(render([r for _, r in reports]))

@@ -7,6 +7,7 @@ run itself is created later by the writer, so no call waits on the store.
 """
 from __future__ import annotations
 
+import collections
 import os
 import sys
 import threading
@@ -14,17 +15,52 @@ import time
 import uuid
 
 from . import config
+from .delivery.batching import Documents
 from .translate import RunState
 
 ATTR = "_azml_v1_bridge_record"
 LOCAL_ID_TAG = "azml_v1_bridge.local_run_id"
 
 
+class RunStats:
+    """What happened to one run, for the end-of-run report."""
+
+    def __init__(self):
+        self.calls: collections.Counter = collections.Counter()
+        self.metric_points = 0
+        self.artifacts = 0
+        self.renamed: dict[str, str] = {}
+        self.notes: list[dict] = []
+        self.delivery_failures = 0
+        self.journaled = 0
+
+    def to_json(self) -> dict:
+        return {"calls": dict(self.calls), "metric_points": self.metric_points,
+                "artifacts": self.artifacts, "renamed": self.renamed, "notes": self.notes,
+                "delivery_failures": self.delivery_failures, "journaled": self.journaled}
+
+    def update(self, data: dict) -> None:
+        for name, value in data.items():
+            setattr(self, name, collections.Counter(value) if name == "calls" else value)
+
+
+class Ledger:
+    """What a run accumulated that no single call holds: its growing documents and its
+    report counts. It belongs to the run, so a writer that is replaced (new settings,
+    a fork, a lost writer process) never restarts a document or loses a count."""
+
+    __slots__ = ("docs", "stats")
+
+    def __init__(self):
+        self.docs = Documents()
+        self.stats = RunStats()
+
+
 class RunRecord:
     __slots__ = (
-        "local_id", "v1_id", "parent", "state", "experiment_id", "experiment_name",
+        "local_id", "v1_id", "parent", "state", "ledger", "experiment_id", "experiment_name",
         "tracking_uri", "mlflow_run_id", "adopted", "run_name", "start_ms", "owner_pid",
-        "ended", "muted", "outputs", "tags", "calls", "__weakref__",
+        "ended", "muted", "outputs", "tags", "key_suffix", "__weakref__",
     )
 
     def __init__(self, v1_id: str, parent: RunRecord | None = None):
@@ -32,6 +68,7 @@ class RunRecord:
         self.v1_id = v1_id
         self.parent = parent
         self.state = RunState()
+        self.ledger = Ledger()
         self.experiment_id: str | None = None
         self.experiment_name: str | None = None
         self.tracking_uri: str | None = None
@@ -44,7 +81,7 @@ class RunRecord:
         self.muted = False                     # mirror mode into the very same run: v1 writes it
         self.outputs: str | None = None
         self.tags: dict[str, str] = {}
-        self.calls: dict[str, int] = {}
+        self.key_suffix = ""  # "/fork_<pid>" in a forked child writing into its parent's run
 
     def describe(self) -> dict:
         """What the journal needs to find or re-create this run elsewhere."""

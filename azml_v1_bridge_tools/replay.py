@@ -7,7 +7,7 @@ import os
 import sys
 
 from azml_v1_bridge import config
-from azml_v1_bridge.replay import replay_journal
+from azml_v1_bridge.delivery.replay import replay_journal
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,17 +17,18 @@ import pytest
 
 from conftest import ROOT, run_script
 from servers import restartable_mlflow_server, running  # noqa: F401  (fixture)
+import azml_v1_bridge  # noqa: E402
+from azml_v1_bridge import lifecycle  # noqa: E402
 
 BRIDGE_ENV = ("AZML_V1_BRIDGE_RETRY_SECONDS", "AZML_V1_BRIDGE_QUEUE_MAX",
+              "AZML_V1_BRIDGE_STRICT",
               "AZML_V1_BRIDGE_JOURNAL", "AZML_V1_BRIDGE_WRITER", "MLFLOW_RUN_ID")
 
 
 def retire_writer():
     """The next call builds a writer from the configuration of now (the writer outlives
     `finish()`, and keeps the configuration it was built with)."""
-    from azml_v1_bridge import bridge
-
-    bridge.retire_writer()
+    lifecycle.retire_writer()
 
 
 @pytest.fixture
@@ -44,7 +45,7 @@ def mlflow_mode(bridge, monkeypatch):
         return bridge
 
     yield enable
-    bridge.finish()
+    azml_v1_bridge.finish()
     retire_writer()
     for name in BRIDGE_ENV:
         monkeypatch.delenv(name, raising=False)
@@ -206,7 +207,7 @@ def test_store_back_after_the_retry_window_gets_the_journal_first(restartable_ml
     from azureml.core import Run
 
     server = running(restartable_mlflow_server)
-    bridge = mlflow_mode(server.url, AZML_V1_BRIDGE_RETRY_SECONDS=1)
+    bridge = mlflow_mode(server.url, AZML_V1_BRIDGE_RETRY_SECONDS=1, AZML_V1_BRIDGE_STRICT=0)
     client = client_for(server.url)
     run = Run.get_context()
     for i in range(1000):
@@ -270,7 +271,8 @@ def test_a_run_deleted_meanwhile_is_journaled(store, mlflow_mode, tmp_path):
 
     existing = store.create_run("0")
     store.delete_run(existing.info.run_id)
-    mlflow_mode(MLFLOW_RUN_ID=existing.info.run_id, AZML_V1_BRIDGE_RETRY_SECONDS=60)
+    mlflow_mode(MLFLOW_RUN_ID=existing.info.run_id, AZML_V1_BRIDGE_RETRY_SECONDS=60,
+                AZML_V1_BRIDGE_STRICT=0)
     run = Run.get_context()
     started = time.monotonic()
     for i in range(10):
@@ -292,7 +294,7 @@ def test_queue_is_bounded(store, mlflow_mode):
     point is lost)."""
     from azureml.core import Run
 
-    from azml_v1_bridge.deliver import WAKE_EVERY
+    from azml_v1_bridge.delivery.queue import WAKE_EVERY
 
     cap = 1000
     mlflow_mode(AZML_V1_BRIDGE_QUEUE_MAX=cap)

@@ -8,6 +8,7 @@ import json
 import os
 
 import pytest
+import azml_v1_bridge  # noqa: E402
 
 MODES = ["mirror", "mlflow"]
 
@@ -386,7 +387,7 @@ def test_experiment_from_env_and_set_experiment(store, bridge, monkeypatch):
     r = mlflow_run(run, store)
     assert store.get_experiment(r.info.experiment_id).name == "from-env"
 
-    bridge.finish()
+    azml_v1_bridge.finish()
     mlflow.set_experiment("set-in-process")  # wins over the variable, as in mlflow.start_run()
     try:
         run2 = v1_run()
@@ -408,7 +409,7 @@ def test_adopts_mlflow_run_id_and_users_active_run(store, bridge, monkeypatch):
     run.log("x", 1)
     run.flush()
     assert store.get_run(existing.info.run_id).data.metrics == {"x": 1.0}
-    bridge.finish()
+    azml_v1_bridge.finish()
     assert store.get_run(existing.info.run_id).info.status == "RUNNING"  # not ours to end
     monkeypatch.delenv("MLFLOW_RUN_ID")
 

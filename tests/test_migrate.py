@@ -11,7 +11,7 @@ import pytest
 
 from azml_v1_bridge import translate
 from azml_v1_bridge_tools import migrate, scan
-from azml_v1_bridge.deliver import DOC_KINDS, Doc
+from azml_v1_bridge.delivery.batching import DOC_KINDS, Doc
 from azml_v1_bridge.ops import AppendText, Artifact, ArtifactFile, Image, Metric
 
 HERE = os.path.dirname(os.path.abspath(__file__))

@@ -13,6 +13,7 @@ import time
 import matplotlib
 import pytest
 from emulator import RunHistoryEmulator, loopback_blob_uploads, submitted_run, unique_run_id
+import azml_v1_bridge  # noqa: E402
 
 matplotlib.use("Agg")
 
@@ -216,7 +217,7 @@ def test_mlflow_server_down_leaves_v1_traffic_alone(emu, bridge, monkeypatch, tm
     run.complete()
     assert time.monotonic() - start < 30
     assert [m["value"] for m in emu.metrics(run.id, "m")] == [0, 1, 2, 3, 4]
-    bridge.finish()
+    azml_v1_bridge.finish()
     journal = tmp_path / "journal.jsonl"
     assert journal.exists() and '"m"' in journal.read_text()  # nothing lost: kept for replay
 

@@ -123,7 +123,7 @@ def outputs_setting(bridge, monkeypatch):
 
     yield apply
     monkeypatch.delenv("AZML_V1_BRIDGE_OUTPUTS", raising=False)
-    bridge.finish()
+    azml_v1_bridge.finish()
     bridge.enable("mirror")
 
 

@@ -7,6 +7,7 @@ import json
 import sys
 
 from conftest import run_script
+import azml_v1_bridge  # noqa: E402
 
 REPORT = "azml_v1_bridge/report.json"
 
@@ -44,7 +45,7 @@ def test_report_counts_equal_the_calls(bridge, store, capfd):
     run.log_row("table", x=1, y=2)
     run.tag("stage", "test")
     run.set_tags({"a": "1", "b": "2"})
-    bridge.finish()
+    azml_v1_bridge.finish()
 
     runs = all_runs(store)
     assert len(runs) == 1
@@ -73,8 +74,8 @@ def test_table_printed_once_and_children_get_their_own(bridge, store, monkeypatc
     child.log("child_metric", 2)
     child.log("child_metric", 3)
     child.complete()
-    bridge.finish()
-    bridge.finish()  # a second finish has nothing new: no second table
+    azml_v1_bridge.finish()
+    azml_v1_bridge.finish()  # a second finish has nothing new: no second table
 
     err = capfd.readouterr().err
     assert err.count("azml_v1_bridge report") == 1
@@ -103,7 +104,7 @@ def test_journal_path_is_reported_when_the_store_is_down(bridge, store, tmp_path
 
     run = Run.get_context()
     run.log("m", 1)
-    bridge.finish()
+    azml_v1_bridge.finish()
     err = capfd.readouterr().err
     assert f"azml-v1-bridge replay {journal}" in err
     lines = [json.loads(line) for line in journal.read_text().splitlines()]

@@ -13,7 +13,7 @@ def process_writer(bridge, monkeypatch):
     monkeypatch.setenv("AZML_V1_BRIDGE_WRITER", "process")
     bridge.enable("mlflow")
     from azml_v1_bridge.bridge import STATE
-    from azml_v1_bridge.sidecar import ProcessWriter
+    from azml_v1_bridge.delivery.sidecar import ProcessWriter
 
     assert isinstance(STATE.get_writer(), ProcessWriter)
     yield STATE

@@ -1,4 +1,5 @@
-"""`azml-v1-bridge replay JOURNAL`: deliver what the writer journaled while the store was down.
+"""Deliver what the writer journaled while the store was down (`azml-v1-bridge replay JOURNAL`,
+and the writer itself once the store answers again).
 
 Where to: `--tracking-uri`, else MLFLOW_TRACKING_URI, else the URI each run was headed
 to when it was journaled (recorded without credentials; a relative sqlite or file
@@ -25,104 +26,15 @@ import os
 import re
 import tempfile
 
-from . import config
-from .deliver import (ITEM_ERRORS, MAX_METRICS, MAX_PARAMS, MAX_TAGS, describe_error,
-                      from_json_number)
-from .runs import LOCAL_ID_TAG
+from .. import config
+from ..runs import LOCAL_ID_TAG
+from .batching import MAX_METRICS, MAX_PARAMS, MAX_TAGS
+from .errors import ITEM_ERRORS, describe_error
+from .journal import JournalRun, point_value, read_journal
 
 logger = logging.getLogger("azml_v1_bridge")
 
 REQUESTED_RUN_TAG = "azml_v1_bridge.requested_run_id"
-
-
-class JournalRun:
-    """Everything one journal holds about one run, merged over all its lines."""
-
-    def __init__(self, local_id: str):
-        self.local_id = local_id
-        self.desc: dict = {}
-        self.cwd: str | None = None
-        self.create = False
-        self.metrics: list = []      # (key, value, timestamp, step), journal order, no repeats
-        self._seen_points: set = set()
-        self.params: list = []       # (key, value), first value per key
-        self._param_keys: dict = {}
-        self.tags: dict = {}         # last value wins
-        self.artifacts: dict = {}    # path -> payload line (last wins)
-        self.images: list = []
-        self.end: dict | None = None
-
-    def add_point(self, key, value, timestamp, step) -> None:
-        point = (key, point_value(value), int(timestamp), int(step))
-        if point not in self._seen_points:
-            self._seen_points.add(point)
-            self.metrics.append((key, value, int(timestamp), int(step)))
-
-
-def point_value(value: float):
-    """A value usable in a set: NaN never equals itself."""
-    return "NaN" if value != value else float(value)
-
-
-def read_journal(path: str) -> tuple[dict, list, int]:
-    """(runs by local id, their order, lines that could not be read)."""
-    runs: dict = {}
-    order: list = []
-    bad = 0
-    cwd = None
-
-    def run_of(lid):
-        entry = runs.get(lid)
-        if entry is None:
-            entry = runs[lid] = JournalRun(lid)
-            order.append(lid)
-        return entry
-
-    with open(path, encoding="utf-8", errors="surrogateescape") as fh:
-        for number, text in enumerate(fh, 1):
-            text = text.strip()
-            if not text:
-                continue
-            try:
-                line = json.loads(text)
-                kind = line["t"]
-                if kind == "journal":
-                    cwd = line.get("cwd")
-                    continue
-                entry = run_of(line["run"])
-                if kind == "run":
-                    if entry.cwd is None:
-                        entry.cwd = cwd
-                    for name, value in line.items():
-                        if value is not None or name not in entry.desc:
-                            entry.desc[name] = value
-                elif kind == "create":
-                    entry.create = True
-                elif kind == "metrics":
-                    for key, value, timestamp, step in line["m"]:
-                        entry.add_point(key, from_json_number(value), timestamp, step)
-                elif kind == "params":
-                    for key, value in line["p"]:
-                        if key not in entry._param_keys:
-                            entry._param_keys[key] = value
-                            entry.params.append((key, value))
-                elif kind == "tags":
-                    for key, value in line["tags"]:
-                        entry.tags.pop(key, None)
-                        entry.tags[key] = value
-                elif kind == "artifact":
-                    entry.artifacts.pop(line["path"], None)
-                    entry.artifacts[line["path"]] = line
-                elif kind == "image":
-                    entry.images.append(line)
-                elif kind == "end":
-                    entry.end = line
-                else:
-                    raise ValueError(f"unknown line kind {kind!r}")
-            except (ValueError, KeyError, TypeError) as exc:
-                bad += 1
-                logger.warning("azml_v1_bridge replay: %s line %d skipped: %s", path, number, exc)
-    return runs, order, bad
 
 
 def resolve_uri(recorded: str | None, cwd: str | None) -> str | None:

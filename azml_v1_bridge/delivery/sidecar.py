@@ -1,22 +1,20 @@
 """The writer in a process of its own, so MLflow's work never competes for the GIL.
 
-Building MLflow entities and REST requests costs 25-30 us of Python per metric
-point (measured against a local `mlflow server`), more than v1's whole `run.log`.
-In a thread of the training process that time comes out of the training loop.
-Here the training process only appends to a deque; a forwarder thread sends the
-calls to a child interpreter as compact pickles (about 0.6 us a point), and the
-child runs the ordinary `deliver.Writer`.
+Building MLflow entities and requests costs tens of microseconds of Python per metric point
+(about 80 us on the embedded sqlite store). In a thread of the training process that time
+comes out of the training loop. Here the training process only appends to a deque; a
+forwarder thread sends the calls to a child interpreter as compact pickles (about 0.6 us a
+point), and the child runs the ordinary `writer.Writer`.
 
-`ProcessWriter` has the Writer's interface (submit, flush, close, stats,
-errors, journal, staging_dir, client). If the child cannot be started, or dies,
-it falls back to an in-process `Writer`, so nothing stops data reaching MLflow.
-The child leaves its own session: a Ctrl-C or SIGTERM to the training job does
-not kill it; it sees the pipe close, delivers what it has and ends the open
-runs KILLED if the parent never said goodbye.
+`ProcessWriter` has the Writer's interface (submit, flush, close, stats, errors, journal,
+staging_dir, client). If the child cannot be started, or dies, it falls back to an
+in-process `Writer`, so nothing stops data reaching MLflow. The child's warnings reach the
+training process's `azml_v1_bridge` logger. The child leaves its own session: a Ctrl-C or
+SIGTERM to the training job does not kill it; it sees the pipe close, delivers what it has
+and ends the open runs KILLED if the parent never said goodbye.
 """
 from __future__ import annotations
 
-import collections
 import logging
 import os
 import pickle
@@ -27,14 +25,16 @@ import threading
 import time
 from multiprocessing.connection import Connection
 
-from . import config
-from .deliver import FLUSH, QueueFront, RunStats, Writer, describe_error
-from .ops import End, Metric
+from .. import config
+from ..ops import End, Metric
+from .errors import describe_error
+from .queue import CLOSE, FLUSH, QueueFront
+from .writer import Writer
 
 logger = logging.getLogger("azml_v1_bridge")
 
-_CLOSE = object()  # queue marker (never a v1 method name), next to deliver.FLUSH
-
+RECORD_FIELDS = ("local_id", "experiment_id", "experiment_name", "mlflow_run_id", "adopted",
+                 "run_name", "start_ms", "tags", "owner_pid", "key_suffix", "ledger")
 
 
 def _pack(ops: list) -> list:
@@ -47,15 +47,13 @@ def _unpack(ops: list) -> list:
 
 
 def _record_message(record) -> dict:
-    return {
-        "local_id": record.local_id, "v1_id": record.v1_id,
+    message = {name: getattr(record, name) for name in RECORD_FIELDS}
+    message.update({
+        "v1_id": record.v1_id, "tracking_uri": record.tracking_uri, "cwd": os.getcwd(),
         "parent": record.parent.local_id if record.parent is not None else None,
-        "experiment_id": record.experiment_id, "experiment_name": record.experiment_name,
-        "tracking_uri": record.tracking_uri, "mlflow_run_id": record.mlflow_run_id,
-        "adopted": record.adopted, "run_name": record.run_name, "start_ms": record.start_ms,
-        "tags": dict(record.tags), "owner_pid": record.owner_pid, "cwd": os.getcwd(),
         "env": {k: v for k, v in os.environ.items() if k.startswith("MLFLOW_")},
-    }
+    })
+    return message
 
 
 class _Journal:
@@ -70,10 +68,9 @@ class ProcessWriter(QueueFront):
 
     def __init__(self, cfg: config.Config):
         self._init_front(cfg)
-        self.stats: dict = collections.defaultdict(RunStats)
         self.errors: list = []
         self.journal: _Journal | None = None
-        self._exiting = False
+        self._deadline: float | None = None
         self._proc: subprocess.Popen | None = None
         self._send_conn: Connection | None = None
         self._recv_conn: Connection | None = None
@@ -81,11 +78,17 @@ class ProcessWriter(QueueFront):
         self._fallback: Writer | None = None
         self._clients: dict = {}
 
+    def exit_by(self, deadline: float) -> None:
+        if self._deadline is None or deadline < self._deadline:
+            self._deadline = deadline
+        if self._fallback is not None:
+            self._fallback.exit_by(deadline)
+
     def close(self, timeout: float) -> bool:
-        self._exiting = True
+        self.exit_by(time.monotonic() + max(0.0, timeout))
         if self._thread is None and not self._queue:
             return True
-        return self._wait_for(_CLOSE, timeout)
+        return self._wait_for(CLOSE, timeout)
 
     def client(self, uri: str):
         client = self._clients.get(uri)
@@ -95,14 +98,25 @@ class ProcessWriter(QueueFront):
             client = self._clients[uri] = MlflowClient(tracking_uri=uri)
         return client
 
-    def forget_parent(self) -> None:
-        """In a forked child: the pipe is the parent's; close our copy without a word."""
+    def forget_after_fork(self) -> None:
+        """In a forked child: the pipe and the writer process are the parent's; close our
+        copies without a word. The child's next call starts a writer process of its own."""
+        super().forget_after_fork()
         for conn in (self._send_conn, self._recv_conn):
             if conn is not None:
                 try:
                     conn.close()
                 except OSError:
                     pass
+        self._send_conn = self._recv_conn = self._proc = None
+        self._sent = set()
+        if self._fallback is not None:
+            self._fallback.forget_after_fork()
+
+    def _remaining(self, default: float) -> float:
+        if self._deadline is None:
+            return default
+        return max(0.0, self._deadline - time.monotonic())
 
     # ----------------------------------------------------------- forwarder thread
 
@@ -114,7 +128,8 @@ class ProcessWriter(QueueFront):
         env[config.REPORT] = "0"
         try:
             self._proc = subprocess.Popen(
-                [sys.executable, "-m", "azml_v1_bridge.sidecar", str(to_child_r), str(from_child_w)],
+                [sys.executable, "-m", "azml_v1_bridge.delivery.sidecar", str(to_child_r),
+                 str(from_child_w)],
                 pass_fds=(to_child_r, from_child_w), env=env, stdin=subprocess.DEVNULL,
                 start_new_session=True, close_fds=True)
         finally:
@@ -125,8 +140,7 @@ class ProcessWriter(QueueFront):
 
     def _loop(self) -> None:
         try:
-            if self.cfg.writer == "process":
-                self._spawn()
+            self._spawn()
         except Exception as exc:
             logger.warning("azml_v1_bridge: could not start the writer process (%s); writing "
                            "from a thread instead", describe_error(exc))
@@ -134,13 +148,13 @@ class ProcessWriter(QueueFront):
             self._wake.wait(self.cfg.flush_interval)
             self._wake.clear()
             try:
-                if self._cycle():
-                    return
+                self._cycle()
             except BaseException as exc:  # the forwarder must outlive any bug
                 self.errors.append(f"forwarder cycle failed: {describe_error(exc)}")
                 logger.warning("azml_v1_bridge: forwarder cycle failed: %s", describe_error(exc))
 
-    def _cycle(self) -> bool:
+    def _cycle(self) -> None:
+        self._relay_logs()
         queue = self._queue
         batch: list = []
         while queue:
@@ -149,12 +163,10 @@ class ProcessWriter(QueueFront):
                 batch.append(item)
                 continue
             record, method, ops = item
-            if method is FLUSH or method is _CLOSE:
+            if method is FLUSH or method is CLOSE:
                 self._send(batch)
                 batch = []
                 self._barrier(method, ops)
-                if method is _CLOSE:
-                    return True
                 continue
             if record.local_id not in self._sent:
                 for rec in (record.parent, record):
@@ -166,8 +178,8 @@ class ProcessWriter(QueueFront):
             if len(batch) >= 20_000:
                 self._send(batch)
                 batch = []
+        self._drained.set()
         self._send(batch)
-        return False
 
     def _send(self, batch: list) -> None:
         if not batch:
@@ -180,28 +192,47 @@ class ProcessWriter(QueueFront):
                 self._lost_child(exc)
         self._to_fallback(batch)
 
-    def _barrier(self, kind: str, done: threading.Event) -> None:
-        """Ask the child to deliver everything so far; take back run ids and stats."""
+    def _relay_logs(self) -> None:
+        """The child's warnings, re-emitted on this process's azml_v1_bridge logger."""
+        conn = self._recv_conn
+        try:
+            while conn is not None and self._fallback is None and conn.poll(0):
+                kind, payload = pickle.loads(conn.recv_bytes())
+                if kind == "log":
+                    logger.log(payload[0], "%s", payload[1])
+                else:
+                    self._apply(payload)
+        except (OSError, EOFError, ValueError):
+            pass
+
+    def _barrier(self, marker, done: threading.Event) -> None:
+        """Ask the child to deliver everything so far; take back run ids, ledgers, errors."""
         try:
             if self._fallback is None and self._send_conn is not None:
-                timeout = self.cfg.exit_timeout
+                timeout = self._remaining(self.cfg.exit_timeout)
                 try:
-                    name = "close" if kind is _CLOSE else "flush"
-                    # exiting: the child gives up on a dead store as soon as we would
-                    message = (name, (timeout, self._exiting))
-                    self._send_conn.send_bytes(pickle.dumps(message, protocol=5))
-                    if self._recv_conn.poll(timeout + 5):
-                        self._apply(pickle.loads(self._recv_conn.recv_bytes()))
-                        if kind is _CLOSE:
+                    name = "close" if marker is CLOSE else "flush"
+                    exiting = self._deadline is not None
+                    self._send_conn.send_bytes(pickle.dumps((name, (timeout, exiting)), protocol=5))
+                    until = time.monotonic() + timeout + (0 if exiting else 5)
+                    while self._recv_conn.poll(max(0.0, until - time.monotonic())):
+                        kind, payload = pickle.loads(self._recv_conn.recv_bytes())
+                        if kind == "log":
+                            logger.log(payload[0], "%s", payload[1])
+                            continue
+                        self._apply(payload)
+                        if marker is CLOSE:
                             self._reap()
                         return
-                    self.errors.append(f"the writer process did not answer within {timeout}s")
+                    self.errors.append(f"the writer process did not answer within {timeout:.0f}s; "
+                                       "it goes on delivering (or journaling) on its own")
                     return
                 except (OSError, EOFError, ValueError) as exc:
                     self._lost_child(exc)
             writer = self._fallback or self._make_fallback()
-            (writer.close if kind is _CLOSE else writer.flush)(self.cfg.exit_timeout)
-            self._adopt_stats(writer)
+            remaining = self._remaining(self.cfg.exit_timeout)
+            (writer.close if marker is CLOSE else writer.flush)(remaining)
+            self._adopt_errors(writer)
         finally:
             done.set()
 
@@ -213,9 +244,13 @@ class ProcessWriter(QueueFront):
                 record.experiment_id = experiment_id or record.experiment_id
                 record.tracking_uri = uri or record.tracking_uri
         for local_id, data in reply["stats"].items():
-            stats = self.stats[local_id]
-            for name, value in data.items():
-                setattr(stats, name, collections.Counter(value) if name == "calls" else value)
+            record = self.records.get(local_id)
+            if record is not None:
+                record.ledger.stats.update(data)
+        for local_id, docs in reply.get("docs", {}).items():
+            record = self.records.get(local_id)
+            if record is not None:  # the writer process is going: its documents come home
+                record.ledger.docs = docs
         self.errors.extend(reply["errors"])
         if reply.get("journal"):
             self.journal = _Journal(reply["journal"])
@@ -223,7 +258,7 @@ class ProcessWriter(QueueFront):
     def _reap(self) -> None:
         if self._proc is not None:
             try:
-                self._proc.wait(timeout=10)
+                self._proc.wait(timeout=self._remaining(10))
             except subprocess.TimeoutExpired:
                 pass
 
@@ -238,7 +273,8 @@ class ProcessWriter(QueueFront):
     def _make_fallback(self) -> Writer:
         if self._fallback is None:
             self._fallback = Writer(self.cfg)
-            self._fallback._exiting = self._exiting
+            if self._deadline is not None:
+                self._fallback.exit_by(self._deadline)
         return self._fallback
 
     def _to_fallback(self, batch: list) -> None:
@@ -253,10 +289,9 @@ class ProcessWriter(QueueFront):
             local_id, method, ops = item
             writer.submit(self.records[local_id], method, _unpack(ops))
 
-    def _adopt_stats(self, writer: Writer) -> None:
-        for local_id, stats in writer.stats.items():
-            self.stats[local_id] = stats
+    def _adopt_errors(self, writer: Writer) -> None:
         self.errors.extend(e for e in writer.errors if e not in self.errors)
+        writer.errors.clear()
         if writer.journal is not None:
             self.journal = _Journal(writer.journal.path)
 
@@ -272,25 +307,50 @@ def _absolute(uri: str | None, cwd: str) -> str | None:
     return uri
 
 
+class _Forward(logging.Handler):
+    """The child's warnings, sent to the training process (printed there, once)."""
+
+    def __init__(self, conn: Connection, lock: threading.Lock):
+        super().__init__(logging.WARNING)
+        self.conn, self.lock = conn, lock
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            data = pickle.dumps(("log", (record.levelno, record.getMessage())), protocol=5)
+            with self.lock:
+                self.conn.send_bytes(data)
+        except Exception:  # the training process is gone: say it here instead
+            sys.stderr.write(record.getMessage() + "\n")
+
+
 def serve(read_fd: int, write_fd: int) -> None:
-    from .runs import RunRecord
+    from ..runs import RunRecord
 
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)  # we stop when the training process's pipe closes
     receive = Connection(read_fd, readable=True, writable=False)
     reply = Connection(write_fd, readable=False, writable=True)
+    lock = threading.Lock()
+    logger.addHandler(_Forward(reply, lock))
+    logger.propagate = False
     cfg = config.load()
     writer = Writer(cfg)
     records: dict = {}
     ended: set = set()
 
-    def snapshot() -> dict:
-        return {
-            "runs": {lid: (r.mlflow_run_id, r.experiment_id, r.tracking_uri) for lid, r in records.items()},
-            "stats": {lid: s.to_json() for lid, s in writer.stats.items()},
+    def answer(with_docs: bool) -> None:
+        snapshot = {
+            "runs": {lid: (r.mlflow_run_id, r.experiment_id, r.tracking_uri)
+                     for lid, r in records.items()},
+            "stats": {lid: r.ledger.stats.to_json() for lid, r in records.items()},
+            "docs": {lid: r.ledger.docs for lid, r in records.items()} if with_docs else {},
             "errors": writer.errors[:],
             "journal": writer.journal.path if writer.journal is not None else None,
         }
+        writer.errors.clear()
+        data = pickle.dumps(("reply", snapshot), protocol=5)
+        with lock:
+            reply.send_bytes(data)
 
     while True:
         try:
@@ -301,17 +361,15 @@ def serve(read_fd: int, write_fd: int) -> None:
             for item in payload:
                 if item[0] == "record":
                     message = item[1]
-                    os.environ.update(message.pop("env"))
-                    cwd = message.pop("cwd")
+                    os.environ.update(message["env"])
                     record = RunRecord(message["v1_id"], records.get(message["parent"]))
-                    for name in ("local_id", "experiment_id", "experiment_name", "mlflow_run_id",
-                                 "adopted", "run_name", "start_ms", "tags", "owner_pid"):
+                    for name in RECORD_FIELDS:
                         setattr(record, name, message[name])
-                    record.tracking_uri = _absolute(message["tracking_uri"], cwd)
+                    record.tracking_uri = _absolute(message["tracking_uri"], message["cwd"])
                     if record.tracking_uri is None:
                         import mlflow
 
-                        record.tracking_uri = _absolute(mlflow.get_tracking_uri(), cwd)
+                        record.tracking_uri = _absolute(mlflow.get_tracking_uri(), message["cwd"])
                     records[record.local_id] = record
                     continue
                 if len(item) == 6:
@@ -325,19 +383,19 @@ def serve(read_fd: int, write_fd: int) -> None:
                 writer.submit(records[local_id], method, ops)
         elif kind == "flush":
             timeout, exiting = payload
-            writer._exiting = writer._exiting or exiting
+            if exiting:
+                writer.exit_by(time.monotonic() + timeout)
             writer.flush(timeout)
-            reply.send_bytes(pickle.dumps(snapshot(), protocol=5))
-            writer.errors.clear()
+            answer(with_docs=False)
         elif kind == "close":
             timeout, _ = payload
             writer.close(timeout)
-            reply.send_bytes(pickle.dumps(snapshot(), protocol=5))
+            answer(with_docs=True)
             return
     # Parent died: deliver what we have; its open runs were killed with it.
     now = int(time.time() * 1000)
     for local_id, record in records.items():
-        if local_id not in ended and not record.adopted:
+        if local_id not in ended and not record.adopted and not record.key_suffix:
             writer.submit(record, None, [End("KILLED", now)])
     writer.close(cfg.exit_timeout)
 

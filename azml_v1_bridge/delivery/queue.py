@@ -1,0 +1,105 @@
+"""The caller's side of a writer: a deque, a thread started at the first call, flush markers.
+
+`writer.Writer` delivers from its thread; `sidecar.ProcessWriter` forwards from it. The
+caller's thread only appends a tuple (a lone metric point as a flat tuple of atoms, which
+the garbage collector stops tracking at once, so a long queue never triggers full
+collections in the user's process).
+"""
+from __future__ import annotations
+
+import collections
+import threading
+import time
+
+from .. import config
+from ..ops import Metric
+
+WAKE_EVERY = 1024   # queued calls that wake the writer before its interval
+FLUSH = object()    # queue marker: deliver everything before it
+CLOSE = object()    # queue marker: deliver everything, then stop
+
+
+class QueueFront:
+    THREAD_NAME = "azml_v1_bridge-writer"
+
+    def _init_front(self, cfg: config.Config) -> None:
+        self.cfg = cfg
+        self._queue: collections.deque = collections.deque()
+        self._wake = threading.Event()
+        self._drained = threading.Event()  # set by the loop each time it empties the queue
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.RLock()  # RLock: a SIGTERM handler may flush mid-_start
+        self.records: dict[str, object] = {}
+        self._staging = None
+
+    @property
+    def stats(self) -> dict:
+        """Report counts of every run this writer saw (they live on the runs themselves)."""
+        return {lid: record.ledger.stats for lid, record in list(self.records.items())}
+
+    # ----------------------------------------------------------- caller side
+
+    def submit(self, record, method: str, ops: list) -> None:
+        lid = record.local_id
+        if len(ops) == 1 and type(ops[0]) is Metric and lid in self.records:
+            m = ops[0]
+            item = (lid, method, m.key, m.value, m.timestamp, m.step)
+        else:
+            self.records[lid] = record
+            item = (record, method, ops)
+        queue = self._queue
+        queue.append(item)
+        if self._thread is None:
+            self._start()
+        n = len(queue)
+        if n % WAKE_EVERY == 0:
+            self._wake.set()
+            if n > self.cfg.queue_max:
+                self._backpressure()
+
+    def _backpressure(self) -> None:
+        # Over the cap: the caller waits while the writer drains (or spills).
+        if threading.current_thread() is self._thread:
+            return
+        while len(self._queue) > self.cfg.queue_max and self._thread.is_alive():
+            self._drained.clear()
+            self._wake.set()
+            self._drained.wait(0.05)
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Block until everything submitted so far was delivered (or journaled)."""
+        if self._thread is None and not self._queue:
+            return True
+        if threading.current_thread() is self._thread:
+            return False
+        return self._wait_for(FLUSH, timeout)
+
+    def _wait_for(self, marker, timeout: float | None) -> bool:
+        """Queue a marker behind everything submitted so far and wait until the loop reaches it."""
+        done = threading.Event()
+        self._queue.append((None, marker, done))
+        self._start()
+        self._wake.set()
+        return done.wait(None if timeout is None else max(0.0, timeout))
+
+    def staging_dir(self) -> str:
+        if self._staging is None:
+            import tempfile
+
+            self._staging = tempfile.mkdtemp(prefix="azml_v1_bridge-")
+        return self._staging
+
+    def _start(self) -> None:
+        with self._start_lock:
+            if self._thread is None:
+                thread = threading.Thread(target=self._loop, name=self.THREAD_NAME, daemon=True)
+                thread.start()
+                self._thread = thread
+
+    def forget_after_fork(self) -> None:
+        """In a forked child: the thread did not survive the fork, and the parent's queue is
+        the parent's (it delivers it). The child's next call starts a writer of its own."""
+        self._queue = collections.deque()
+        self._wake, self._drained = threading.Event(), threading.Event()
+        self._thread = None
+        self._start_lock = threading.RLock()

@@ -113,8 +113,21 @@ def handle(method: str, wrapped, instance, args, kwargs, standin=None):
     except BridgeError:
         raise
     except Exception as exc:
+        _lost_call(method, instance, exc)
         _failed(method, exc)
     return result
+
+
+def _lost_call(method: str, instance, exc: BaseException) -> None:
+    """A call the bridge could not translate still counts, with its reason, in the report."""
+    try:
+        record = instance.__dict__.get(ATTR) if instance is not None else None
+        if record is not None:
+            reason = f"{type(exc).__name__}: {exc}"
+            (STATE.writer or STATE.get_writer()).submit(
+                record, method, [Note("not_translated", method, reason[:500])])
+    except Exception:  # never a second failure out of the first
+        pass
 
 
 class _UserTypeError(Exception):
@@ -250,16 +263,31 @@ def _stage(ops: list, writer: Writer) -> list:
                 source.seek(0)
             staged.append(Artifact(op.path, data.encode("utf-8") if isinstance(data, str) else data))
         elif os.path.isdir(source):
-            for folder, _, files in os.walk(source):
+            for folder, _, files in os.walk(source, onerror=lambda e: staged.append(_unreadable(
+                    f"{op.path}/{os.path.relpath(e.filename or source, source)}", e))):
                 for name in sorted(files):
                     full = os.path.join(folder, name)
                     rel = os.path.relpath(full, source).replace(os.sep, "/")
-                    staged.append(ArtifactFile(f"{op.path}/{rel}", _copy(full, writer)))
-        elif os.path.isfile(source):
-            staged.append(ArtifactFile(op.path, _copy(source, writer)))
+                    staged.append(_copied(f"{op.path}/{rel}", full, writer))
+        elif os.path.isfile(source) or os.path.islink(source):
+            staged.append(_copied(op.path, source, writer))
         else:
             staged.append(Note("missing_file", op.path, f"{source!r} does not exist; nothing uploaded"))
     return staged
+
+
+def _copied(artifact_path: str, path: str, writer: Writer):
+    """The staged copy of one user file, or a note saying why it could not be read (a file
+    the user may not read, a symlink loop): one such file never costs the others."""
+    try:
+        return ArtifactFile(artifact_path, _copy(path, writer))
+    except OSError as exc:
+        return _unreadable(artifact_path, exc)
+
+
+def _unreadable(artifact_path: str, exc: OSError) -> Note:
+    return Note("unreadable_file", artifact_path,
+                f"{exc.filename or artifact_path}: {exc.strerror or exc}; not uploaded")
 
 
 def _copy(path: str, writer: Writer) -> str:

@@ -94,6 +94,14 @@ def _failed_exit() -> bool:
 
 def _sigterm_handler(previous):
     def on_sigterm(signum, frame):
+        if PROCESS.closed:
+            # Already exiting (a multiprocessing worker's finalizer, atexit): let that exit
+            # finish, within the SIGTERM deadline, instead of dying half-way through it.
+            PROCESS.sigterm_at = time.monotonic()
+            writer = bridge.STATE.writer
+            if writer is not None:
+                writer.exit_by(_deadline())
+            return
         if callable(previous):
             # The user's handler first. If it returns, the script goes on (a checkpoint, a
             # graceful stop later): nothing is ended. If it raises SystemExit, the exit path

@@ -134,6 +134,10 @@ class End(Op):
         self.status, self.timestamp = status, timestamp
 
 
+# Notes about data that did not reach MLflow at all: counted as failures in the report.
+FAILED_NOTES = frozenset({"unreadable_file", "missing_file", "not_translated"})
+
+
 class Note(Op):
     """Something the bridge changed or dropped; warned once per kind, counted in the report."""
 

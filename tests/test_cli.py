@@ -346,4 +346,4 @@ def test_unknown_and_missing_subcommands(capsys):
 
     assert cli_module.main(["frobnicate"]) == 2
     assert cli_module._delegate("no_such_tool", []) == 2
-    assert "azml_v1_bridge.no_such_tool is missing" in capsys.readouterr().err
+    assert "azml_v1_bridge_tools.no_such_tool is missing" in capsys.readouterr().err

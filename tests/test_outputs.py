@@ -16,6 +16,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 from conftest import run_script  # noqa: E402
+import azml_v1_bridge  # noqa: E402
 
 BIG = 50 * 1024 * 1024
 

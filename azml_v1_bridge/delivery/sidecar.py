@@ -312,12 +312,12 @@ class _Forward(logging.Handler):
 
     def __init__(self, conn: Connection, lock: threading.Lock):
         super().__init__(logging.WARNING)
-        self.conn, self.lock = conn, lock
+        self.conn, self.send_lock = conn, lock  # (Handler.lock is logging's own)
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
             data = pickle.dumps(("log", (record.levelno, record.getMessage())), protocol=5)
-            with self.lock:
+            with self.send_lock:
                 self.conn.send_bytes(data)
         except Exception:  # the training process is gone: say it here instead
             sys.stderr.write(record.getMessage() + "\n")

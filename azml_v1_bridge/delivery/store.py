@@ -79,12 +79,14 @@ class Store:
         if self._client is None:
             from mlflow.tracking import MlflowClient
 
-            client = MlflowClient(tracking_uri=self.uri)
             path = sqlite_path(self.uri)
-            if path is not None:
-                with _FirstUseLock(path):
-                    client.search_experiments(max_results=1)  # creates the schema, once
-            self._client = client
+            if path is None:
+                self._client = MlflowClient(tracking_uri=self.uri)
+            else:
+                with _FirstUseLock(path):  # the client creates the schema, once
+                    client = MlflowClient(tracking_uri=self.uri)
+                    client.search_experiments(max_results=1)
+                self._client = client
         return self._client
 
     def probe(self) -> None:

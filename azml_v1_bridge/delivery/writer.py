@@ -27,7 +27,8 @@ import time
 
 from .. import config
 from ..runs import LOCAL_ID_TAG
-from ..ops import Artifact, ArtifactFile, Chart, CreateRun, End, Image, Metric, Note, Param, Tag
+from ..ops import (FAILED_NOTES, Artifact, ArtifactFile, Chart, CreateRun, End, Image, Metric,
+                   Note, Param, Tag)
 from .batching import DOC_KINDS, Work, batches, halves
 from .errors import (ITEM_ERRORS, RUN_ERRORS, Refused, Unreachable, describe_error, error_code,
                      is_item_error, is_permanent)
@@ -181,6 +182,8 @@ class Writer(QueueFront):
 
     def _note(self, record, op: Note) -> None:
         stats = record.ledger.stats
+        if op.what in FAILED_NOTES:
+            stats.delivery_failures += 1
         if op.what == "renamed":
             stats.renamed[op.name] = op.detail
         else:

@@ -151,6 +151,8 @@ def worker_train(args) -> dict:
     from azureml.core import Run
 
     client, variant, steps, k = args.worker, args.variant, args.steps, args.k
+    if os.environ.get("BENCH_SWITCH_INTERVAL"):  # --switch-interval: the GIL's forced hand-off
+        sys.setswitchinterval(float(os.environ["BENCH_SWITCH_INTERVAL"]))
     names = [f"col{j}" for j in range(COLUMNS)]
     if client in ("thread", "process"):
         import azml_v1_bridge  # noqa: F401  (mlflow mode and the writer come from the environment)
@@ -256,7 +258,7 @@ def worker_env(store_env: dict, client: str, experiment: str) -> dict:
     for name in list(env):
         if name.startswith(("AZML_V1_BRIDGE_", "MLFLOW_", "AZUREML_")):
             del env[name]
-    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    env["PYTHONPATH"] = BRIDGE_ROOT + os.pathsep + env.get("PYTHONPATH", "")
     env["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
     env["MLFLOW_EXPERIMENT_NAME"] = experiment
     env["HOME"] = HOME  # azureml caches service discovery under ~/.azureml
@@ -410,6 +412,7 @@ def machine() -> dict:
 
 
 HOME = ""
+BRIDGE_ROOT = ROOT  # --bridge-root: measure another checkout of azml_v1_bridge
 
 
 def main(argv=None) -> int:
@@ -428,6 +431,11 @@ def main(argv=None) -> int:
     parser.add_argument("--fresh-db", action="store_true",
                         help="each script creates its sqlite store (MLflow's migrations included)")
     parser.add_argument("--json", help="also write the figures to this file")
+    parser.add_argument("--switch-interval", type=float, default=None,
+                        help="sys.setswitchinterval in every script (default Python's 0.005 s)")
+    parser.add_argument("--bridge-root", default=ROOT,
+                        help="the folder azml_v1_bridge is imported from (another checkout or "
+                             "an experiment; default this one)")
     args = parser.parse_args(argv)
     if args.worker == "calibrate":
         print(json.dumps(worker_calibrate(args)))
@@ -436,7 +444,10 @@ def main(argv=None) -> int:
         worker_train(args)
         return 0
 
-    global HOME
+    global HOME, BRIDGE_ROOT
+    BRIDGE_ROOT = os.path.abspath(args.bridge_root)
+    if args.switch_interval:
+        os.environ["BENCH_SWITCH_INTERVAL"] = str(args.switch_interval)
     steps = args.steps or (QUICK_STEPS if args.quick else STEPS)
     rounds = args.rounds or (1 if args.quick else 3)
     stores = [s for s in args.stores.split(",") if s]
@@ -447,7 +458,8 @@ def main(argv=None) -> int:
     scratch = tempfile.mkdtemp(prefix="bench-training-")
     HOME = os.path.join(scratch, "home")
     os.makedirs(HOME)
-    out: dict = {"machine": machine(), "steps": steps, "rounds": rounds,
+    out: dict = {"machine": machine(), "steps": steps, "rounds": rounds, "bridge_root": BRIDGE_ROOT,
+                 "switch_interval": args.switch_interval,
                  "row_rounds": min(rounds, args.row_rounds)}
     env = worker_env({}, "none", "calibrate")
     calib = json.loads(subprocess.run([sys.executable, os.path.abspath(__file__), "--worker",

@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -178,10 +179,13 @@ def main(argv=None) -> int:
     url = f"http://127.0.0.1:{listener.port if listener else dead_port()}"
     out = {"store": args.store, "url": url, "loadavg_start": os.getloadavg(),
            "checkpoints": args.checkpoints, "results": {}}
-    for kind in ["off"] + [w for w in args.writers.split(",") if w]:
-        print(f"{kind}: {args.checkpoints[-1]:,} calls against {url} ({args.store}) ...",
-              file=sys.stderr, flush=True)
-        out["results"][kind] = run_worker(kind, url, args.checkpoints, scratch)
+    try:
+        for kind in ["off"] + [w for w in args.writers.split(",") if w]:
+            print(f"{kind}: {args.checkpoints[-1]:,} calls against {url} ({args.store}) ...",
+                  file=sys.stderr, flush=True)
+            out["results"][kind] = run_worker(kind, url, args.checkpoints, scratch)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)  # the journals of a million points
     out["loadavg_end"] = os.getloadavg()
     base = out["results"]["off"]["checkpoints"]
     ok = True

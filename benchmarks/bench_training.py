@@ -1,6 +1,7 @@
 """Training-loop benchmark (issue 13): what logging costs a busy Python training loop.
 
-    python benchmarks/bench_training.py            # about 6 minutes on an idle 2-core machine
+    python benchmarks/bench_training.py            # ~6 min on an idle 2-core machine (estimated;
+                                                   # 25 min measured at load average 6-12)
     python benchmarks/bench_training.py --quick    # one round, shorter loops (~2 min)
     python benchmarks/bench_training.py --json out.json [--stores sqlite,server] [--variants log,row]
 

@@ -1,0 +1,569 @@
+"""Training-loop benchmark (issue 13): what logging costs a busy Python training loop.
+
+    python benchmarks/bench_training.py            # ~6 min on an idle 2-core machine (estimated;
+                                                   # 25 min measured at load average 6-12)
+    python benchmarks/bench_training.py --quick    # one round, shorter loops (~2 min)
+    python benchmarks/bench_training.py --json out.json [--stores sqlite,server] [--variants log,row]
+
+The training script: a legacy v1 script (`Run.get_context()`, a real `_OfflineRun`), whose
+loop does a CPU-bound pure-Python step (~100 us, calibrated once in a fresh interpreter)
+and logs one point per step, i.e. 10,000 points a second, for `--steps` steps:
+
+- variant `log`: `run.log("loss", v)` every step;
+- variant `row`: `run.log_row("metrics", col0=..., ..., col14=...)` every 15th step
+  (15 numeric columns: the same 10,000 points a second, through the table path).
+
+Clients, each in a fresh interpreter, alternating order from round to round:
+
+- `none`: the loop without logging (the baseline of loop slowdown);
+- `thread` / `process`: `import azml_v1_bridge` (mlflow mode), AZML_V1_BRIDGE_WRITER=thread
+  (the default) / =process;
+- `async`: MLflow's own async logging (`mlflow.config.enable_async_logging()`,
+  MLFLOW_ASYNC_LOGGING_BUFFERING_SECONDS=1), `mlflow.log_metric(s)` with step;
+- `sync`: synchronous `mlflow.log_metric(s)` (far fewer steps; reported per step);
+- `handwritten`: points appended to a list in the loop, then `MlflowClient.log_batch`
+  of 1000 points a request at the end (the baseline of whole-process time).
+
+Every client imports `azureml.core` and calls `Run.get_context()` (the same script, only the
+logging lines differ), so the ratios measure logging, not the import of azureml.
+
+Stores: `sqlite` is the default store, `sqlite:///mlflow.db` in the script's (temporary)
+folder; each script gets its own copy of an already-migrated empty database (a store that
+exists, as after the first run; `--fresh-db` makes each script create it). `server` is a
+local `mlflow server` (tests/servers.py: sqlite backend, one worker) shared by all scripts.
+
+Figures per client (medians over rounds): loop seconds and loop slowdown (÷ `none`),
+whole-process seconds (process start to exit, seen by this parent) and ÷ `handwritten`,
+exit latency (the script's last call, i.e. its last logging call, to the process's exit, on a
+healthy store), and the CPU seconds of the process tree (the writer process included).
+After every script its run is read back with `MlflowClient` and the distinct (key, step)
+pairs counted: a round that lost a point is reported as a loss.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+TESTS = os.path.join(ROOT, "tests")
+
+STEP_US = 100.0            # target cost of one training step
+STEPS = 30_000             # 3 s at 10,000 steps a second
+QUICK_STEPS = 15_000
+SYNC_STEPS = 200           # synchronous mlflow.log_metric: milliseconds a call
+COLUMNS = 15               # log_row variant: 15 numeric columns ...
+ROW_EVERY = COLUMNS        # ... every 15th step: still one point a step
+BATCH = 1000               # hand-written log_batch: points a request
+CLIENTS = ("none", "thread", "process", "async", "sync", "handwritten")
+
+
+# ------------------------------------------------------------------ the training script (workers)
+
+def step(k: int) -> float:
+    """One training step: pure Python, holds the GIL throughout."""
+    acc = 0.0
+    for i in range(k):
+        acc += i * 0.5
+    return acc
+
+
+def worker_calibrate(args) -> dict:
+    # CPU time, not wall time: other work on the machine must not shorten the step.
+    k = 2000
+    for _ in range(3):
+        n = 2000
+        t0 = time.thread_time()
+        for _ in range(n):
+            step(k)
+        per = (time.thread_time() - t0) / n
+        k = max(1, int(k * STEP_US * 1e-6 / per))
+    samples = []
+    for _ in range(5):
+        t0 = time.thread_time()
+        for _ in range(2000):
+            step(k)
+        samples.append((time.thread_time() - t0) / 2000 * 1e6)
+    return {"k": k, "step_us": statistics.median(samples)}
+
+
+def schedstat(path: str) -> tuple[int, int]:
+    """(ns on a CPU, ns waiting on a run queue) of one task, from /proc."""
+    try:
+        with open(path) as fh:
+            on_cpu, waiting, _ = fh.read().split()
+        return int(on_cpu), int(waiting)
+    except (OSError, ValueError):
+        return 0, 0
+
+
+def tasks(pid) -> dict:
+    out = {}
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            out[int(tid)] = schedstat(f"/proc/{pid}/task/{tid}/schedstat")
+    except OSError:
+        pass
+    return out
+
+
+def child_pids() -> list:
+    pids = []
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/children") as fh:
+                pids += [int(p) for p in fh.read().split()]
+        except OSError:
+            pass
+    return pids
+
+
+def snapshot() -> dict:
+    """CPU and run-queue time of every thread of this process and of its children."""
+    import threading
+
+    names = {t.native_id: t.name for t in threading.enumerate()}
+    own = {names.get(tid, f"tid{tid}"): v for tid, v in tasks("self").items()}
+    kids = {}
+    for pid in child_pids():
+        for tid, v in tasks(pid).items():
+            kids[f"child{pid}/{tid}"] = v
+    return {"threads": own, "children": kids}
+
+
+def diff(after: dict, before: dict) -> dict:
+    out = {}
+    for group in ("threads", "children"):
+        for name, (cpu, rq) in after[group].items():
+            cpu0, rq0 = before[group].get(name, (0, 0))
+            out[f"{group}:{name}"] = ((cpu - cpu0) / 1e9, (rq - rq0) / 1e9)
+    return out
+
+
+def worker_train(args) -> dict:
+    from azureml.core import Run
+
+    client, variant, steps, k = args.worker, args.variant, args.steps, args.k
+    if os.environ.get("BENCH_SWITCH_INTERVAL"):  # --switch-interval: the GIL's forced hand-off
+        sys.setswitchinterval(float(os.environ["BENCH_SWITCH_INTERVAL"]))
+    names = [f"col{j}" for j in range(COLUMNS)]
+    if client in ("thread", "process"):
+        import azml_v1_bridge  # noqa: F401  (mlflow mode and the writer come from the environment)
+    run = Run.get_context()
+    log = None
+    if client in ("thread", "process"):
+        if variant == "log":
+            def log(i, v):
+                run.log("loss", v)
+        else:
+            def log(i, v):
+                if i % ROW_EVERY == 0:
+                    run.log_row("metrics", **{n: v + j for j, n in enumerate(names)})
+    elif client in ("async", "sync"):
+        import mlflow
+
+        if client == "async":
+            mlflow.config.enable_async_logging(True)
+        mlflow.start_run()
+        if variant == "log":
+            def log(i, v):
+                mlflow.log_metric("loss", v, step=i)
+        else:
+            def log(i, v):
+                if i % ROW_EVERY == 0:
+                    mlflow.log_metrics({f"metrics.{n}": v + j for j, n in enumerate(names)},
+                                       step=i // ROW_EVERY)
+    elif client == "handwritten":
+        points: list = []
+        append = points.append
+        if variant == "log":
+            def log(i, v):
+                append(("loss", v, int(time.time() * 1000), i))
+        else:
+            def log(i, v):
+                if i % ROW_EVERY == 0:
+                    now, row = int(time.time() * 1000), i // ROW_EVERY
+                    for j, n in enumerate(names):
+                        append((f"metrics.{n}", v + j, now, row))
+
+    import gc
+
+    gc_time = [0.0, 0, None]  # seconds in the collector during the loop, full collections
+
+    def on_gc(phase, info):  # the MLflow a thread writer imports makes every full collection long
+        if phase == "start":
+            gc_time[2] = time.perf_counter()
+        elif gc_time[2] is not None:
+            gc_time[0] += time.perf_counter() - gc_time[2]
+            gc_time[1] += info["generation"] == 2
+    gc.callbacks.append(on_gc)
+    main0 = schedstat("/proc/thread-self/schedstat")
+    before = snapshot()
+    thread0, process0 = time.thread_time(), time.process_time()
+    t0 = time.perf_counter()
+    if log is None:
+        for i in range(steps):
+            step(k)
+    else:
+        for i in range(steps):
+            log(i, step(k) * 1e-9 + i)
+    loop = time.perf_counter() - t0
+    thread_cpu, process_cpu = time.thread_time() - thread0, time.process_time() - process0
+    main1 = schedstat("/proc/thread-self/schedstat")
+    during = diff(snapshot(), before)
+    gc.callbacks.remove(on_gc)
+    # The loop's wall time = on CPU + waiting for a CPU (run queue: other processes, or our own
+    # writer process/server on a busy machine) + asleep (in this benchmark: waiting for the GIL).
+    main_cpu, main_rq = (main1[0] - main0[0]) / 1e9, (main1[1] - main0[1]) / 1e9
+    main_sleep = max(0.0, loop - main_cpu - main_rq)
+
+    if client == "handwritten":
+        from mlflow.entities import Metric
+        from mlflow.tracking import MlflowClient
+
+        mlflow_client = MlflowClient()
+        name = os.environ["MLFLOW_EXPERIMENT_NAME"]
+        found = mlflow_client.get_experiment_by_name(name)
+        experiment = found.experiment_id if found else mlflow_client.create_experiment(name)
+        run_id = mlflow_client.create_run(experiment).info.run_id
+        for b in range(0, len(points), BATCH):
+            mlflow_client.log_batch(run_id, metrics=[Metric(*p) for p in points[b:b + BATCH]],
+                                    synchronous=True)
+        mlflow_client.set_terminated(run_id)
+    elif client in ("async", "sync"):
+        mlflow.end_run()  # waits for the async queue
+    last_call = time.monotonic()
+    # The last line on stdout; what the interpreter does after this (the bridge's exit
+    # delivery, MLflow's atexit) is what the parent measures as exit latency.
+    print(json.dumps({"loop_s": loop, "thread_cpu_s": thread_cpu, "process_cpu_s": process_cpu,
+                      "main_cpu_s": main_cpu, "main_runqueue_s": main_rq,
+                      "main_sleep_s": main_sleep, "during_loop": during,
+                      "gc_s": gc_time[0], "gc_full": gc_time[1],
+                      "mlflow_imported": "mlflow" in sys.modules,
+                      "last_call": last_call, "steps": steps}), flush=True)
+    return {}
+
+
+# ------------------------------------------------------------------ orchestration
+
+def worker_env(store_env: dict, client: str, experiment: str) -> dict:
+    env = dict(os.environ)
+    for name in list(env):
+        if name.startswith(("AZML_V1_BRIDGE_", "MLFLOW_", "AZUREML_")):
+            del env[name]
+    env["PYTHONPATH"] = BRIDGE_ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    env["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
+    env["MLFLOW_EXPERIMENT_NAME"] = experiment
+    env["HOME"] = HOME  # azureml caches service discovery under ~/.azureml
+    env.update(store_env)
+    if client in ("thread", "process"):
+        env["AZML_V1_BRIDGE_MODE"] = "mlflow"
+        env["AZML_V1_BRIDGE_WRITER"] = client
+        env["AZML_V1_BRIDGE_REPORT"] = "0"
+    elif client == "async":
+        env["MLFLOW_ASYNC_LOGGING_BUFFERING_SECONDS"] = "1"
+    return env
+
+
+def launch(client: str, variant: str, steps: int, k: int, env: dict, cwd: str,
+           timeout: float = 600) -> dict:
+    """Run one training script; whole-process time and exit time are seen from here."""
+    out_path = os.path.join(cwd, "stdout.txt")
+    err_path = os.path.join(cwd, "stderr.txt")
+    with open(out_path, "wb") as out, open(err_path, "wb") as err:
+        start = time.monotonic()
+        proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--worker", client,
+                                 "--variant", variant, "--steps", str(steps), "--k", str(k)],
+                                env=env, cwd=cwd, stdout=out, stderr=err)
+        deadline = start + timeout
+        while True:  # wait4: the exit time and the CPU of the tree (reaped children included)
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            if time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError(f"{client}/{variant} did not finish in {timeout}s")
+            time.sleep(0.005)
+        end = time.monotonic()
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    stdout = open(out_path).read()
+    if proc.returncode != 0:
+        raise RuntimeError(f"{client}/{variant} exited {proc.returncode}:\n"
+                           f"{open(err_path).read()[-4000:]}")
+    result = json.loads(stdout.strip().splitlines()[-1])
+    result.update(whole_s=end - start, exit_s=end - result.pop("last_call"),
+                  tree_cpu_s=usage.ru_utime + usage.ru_stime)
+    return result
+
+
+def count_landed(uri: str, experiment: str, keys: list) -> tuple[int, int]:
+    """Distinct (key, step) pairs in the experiment's one run, read back with MlflowClient."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return 0, 0
+    runs = client.search_runs([found.experiment_id])
+    pairs = set()
+    for run in runs:
+        for key in keys:
+            pairs.update((key, m.step) for m in client.get_metric_history(run.info.run_id, key))
+    return len(pairs), len(runs)
+
+
+def expected(client: str, variant: str, steps: int) -> tuple[list, int]:
+    if variant == "log":
+        return ["loss"], steps
+    rows = len(range(0, steps, ROW_EVERY))
+    return [f"metrics.col{j}" for j in range(COLUMNS)], rows * COLUMNS
+
+
+def one(client: str, variant: str, store: str, steps: int, k: int, ctx: dict, tag: str) -> dict:
+    experiment = f"bench-{variant}-{client}-{tag}"
+    cwd = tempfile.mkdtemp(prefix=f"bench-{client}-", dir=ctx["scratch"])
+    if store == "sqlite":
+        if ctx["template"]:
+            shutil.copyfile(ctx["template"], os.path.join(cwd, "mlflow.db"))
+        store_env, uri = {}, f"sqlite:///{cwd}/mlflow.db"
+    else:
+        store_env, uri = {"MLFLOW_TRACKING_URI": ctx["server_url"]}, ctx["server_url"]
+    n = min(steps, SYNC_STEPS) if client == "sync" else steps
+    print(f"  {store:6} {variant:3} {client:11} {tag} ...", end="", file=sys.stderr, flush=True)
+    result = launch(client, variant, n, k, worker_env(store_env, client, experiment), cwd)
+    if client != "none":
+        keys, want = expected(client, variant, n)
+        got, runs = count_landed(uri, experiment, keys)
+        result.update(landed=got, expected=want, runs=runs)
+    print(f" loop {result['loop_s']:.2f}s whole {result['whole_s']:.2f}s exit "
+          f"{result['exit_s']:.2f}s" + (f" landed {result['landed']}/{result['expected']}"
+                                        if "landed" in result else ""), file=sys.stderr)
+    shutil.rmtree(cwd, ignore_errors=True)
+    return result
+
+
+def _others(sample: dict) -> tuple[float, float]:
+    """CPU seconds during the loop of this process's other threads, and of its children."""
+    threads = sum(cpu for name, (cpu, rq) in sample["during_loop"].items()
+                  if name.startswith("threads:") and name != "threads:MainThread")
+    children = sum(cpu for name, (cpu, rq) in sample["during_loop"].items()
+                   if name.startswith("children:"))
+    return threads, children
+
+
+def summarize(samples: list, base: list, base_whole: float | None, steps: int) -> dict:
+    med = lambda name, of=samples: statistics.median(s[name] for s in of)  # noqa: E731
+    n = samples[0]["steps"]
+    base_steps = base[0]["steps"]
+    base_loop = med("loop_s", base) / base_steps
+    # without the run queue: what an otherwise idle machine would show (see worker_train)
+    own = lambda s: (s["main_cpu_s"] + s["main_sleep_s"]) / s["steps"]  # noqa: E731
+    base_own = statistics.median(own(s) for s in base)
+    loop_per_step = med("loop_s") / n
+    others = [_others(s) for s in samples]
+    row = {"rounds": len(samples), "steps": n,
+           "loop_s": med("loop_s"), "loop_us_per_step": loop_per_step * 1e6,
+           "loop_slowdown": loop_per_step / base_loop,
+           "loop_slowdown_no_runqueue": statistics.median(own(s) for s in samples) / base_own,
+           "main_cpu_us_per_step": med("main_cpu_s") / n * 1e6,
+           "main_sleep_us_per_step": med("main_sleep_s") / n * 1e6,
+           "main_runqueue_us_per_step": med("main_runqueue_s") / n * 1e6,
+           "other_threads_cpu_us_per_step": statistics.median(o[0] for o in others) / n * 1e6,
+           "children_cpu_us_per_step": statistics.median(o[1] for o in others) / n * 1e6,
+           "gc_us_per_step": med("gc_s") / n * 1e6, "gc_full": med("gc_full"),
+           "whole_s": med("whole_s"), "exit_s": med("exit_s"), "tree_cpu_s": med("tree_cpu_s"),
+           "all_loop_s": [round(s["loop_s"], 3) for s in samples],
+           "all_whole_s": [round(s["whole_s"], 3) for s in samples],
+           "all_exit_s": [round(s["exit_s"], 3) for s in samples]}
+    if base_whole and n == steps:
+        row["whole_ratio"] = row["whole_s"] / base_whole
+    if "landed" in samples[0]:
+        row["landed"] = [s["landed"] for s in samples]
+        row["expected"] = samples[0]["expected"]
+        row["all_landed"] = all(s["landed"] == s["expected"] and s["runs"] == 1 for s in samples)
+    return row
+
+
+def machine() -> dict:
+    model = "?"
+    try:
+        with open("/proc/cpuinfo") as fh:
+            model = next((line.split(":", 1)[1].strip() for line in fh
+                          if line.startswith("model name")), "?")
+    except OSError:
+        pass
+    import importlib.metadata as md
+
+    versions = {}
+    for package in ("mlflow", "azureml-core", "sqlalchemy"):
+        try:
+            versions[package] = md.version(package)
+        except md.PackageNotFoundError:
+            versions[package] = None
+    return {"nproc": os.cpu_count(), "cpu": model, "python": platform.python_version(),
+            "loadavg_start": os.getloadavg(), **versions}
+
+
+HOME = ""
+BRIDGE_ROOT = ROOT  # --bridge-root: measure another checkout of azml_v1_bridge
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--variant", default="log", help=argparse.SUPPRESS)
+    parser.add_argument("--k", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--steps", type=int, default=None, help=f"loop steps (default {STEPS})")
+    parser.add_argument("--rounds", type=int, default=None, help="rounds (default 3, --quick 1)")
+    parser.add_argument("--row-rounds", type=int, default=1,
+                        help="rounds of the log_row variant (default 1, at most --rounds)")
+    parser.add_argument("--quick", action="store_true", help="one round, shorter loops")
+    parser.add_argument("--stores", default="sqlite,server")
+    parser.add_argument("--variants", default="log,row")
+    parser.add_argument("--clients", default=",".join(CLIENTS))
+    parser.add_argument("--fresh-db", action="store_true",
+                        help="each script creates its sqlite store (MLflow's migrations included)")
+    parser.add_argument("--json", help="also write the figures to this file")
+    parser.add_argument("--switch-interval", type=float, default=None,
+                        help="sys.setswitchinterval in every script (default Python's 0.005 s)")
+    parser.add_argument("--bridge-root", default=ROOT,
+                        help="the folder azml_v1_bridge is imported from (another checkout or "
+                             "an experiment; default this one)")
+    args = parser.parse_args(argv)
+    if args.worker == "calibrate":
+        print(json.dumps(worker_calibrate(args)))
+        return 0
+    if args.worker:
+        worker_train(args)
+        return 0
+
+    global HOME, BRIDGE_ROOT
+    BRIDGE_ROOT = os.path.abspath(args.bridge_root)
+    if args.switch_interval:
+        os.environ["BENCH_SWITCH_INTERVAL"] = str(args.switch_interval)
+    steps = args.steps or (QUICK_STEPS if args.quick else STEPS)
+    rounds = args.rounds or (1 if args.quick else 3)
+    stores = [s for s in args.stores.split(",") if s]
+    variants = [v for v in args.variants.split(",") if v]
+    clients = [c for c in args.clients.split(",") if c]
+    if "none" not in clients:
+        clients.insert(0, "none")
+    scratch = tempfile.mkdtemp(prefix="bench-training-")
+    HOME = os.path.join(scratch, "home")
+    os.makedirs(HOME)
+    out: dict = {"machine": machine(), "steps": steps, "rounds": rounds, "bridge_root": BRIDGE_ROOT,
+                 "switch_interval": args.switch_interval,
+                 "row_rounds": min(rounds, args.row_rounds)}
+    env = worker_env({}, "none", "calibrate")
+    calib = json.loads(subprocess.run([sys.executable, os.path.abspath(__file__), "--worker",
+                                       "calibrate"], env=env, capture_output=True, text=True,
+                                      check=True).stdout)
+    out["calibration"] = calib
+    print(f"step: k={calib['k']} ≈ {calib['step_us']:.1f} µs; {steps} steps, {rounds} rounds",
+          file=sys.stderr)
+    ctx = {"scratch": scratch, "template": None, "server_url": None}
+    if "sqlite" in stores and not args.fresh_db:
+        from mlflow.tracking import MlflowClient
+
+        ctx["template"] = os.path.join(scratch, "template.db")
+        MlflowClient(f"sqlite:///{ctx['template']}").search_experiments()
+    server = None
+    if "server" in stores:
+        sys.path.insert(0, TESTS)
+        from servers import MlflowServer
+
+        server = MlflowServer(os.path.join(scratch, "server")).start()
+        ctx["server_url"] = server.url
+        print(f"mlflow server {server.url}", file=sys.stderr)
+    samples: dict = {}
+    try:
+        for r in range(rounds):
+            for variant in variants:
+                for store in stores:
+                    order = list(clients) if r % 2 == 0 else list(reversed(clients))
+                    for client in order:
+                        if variant == "row" and (client == "sync" or r >= args.row_rounds):
+                            continue  # sync: the same per-call cost as `log`, 15 points a call
+                        samples.setdefault((variant, store, client), []).append(
+                            one(client, variant, store, steps, calib["k"], ctx, f"r{r}"))
+    finally:
+        if server is not None:
+            server.stop()
+        shutil.rmtree(scratch, ignore_errors=True)
+    out["machine"]["loadavg_end"] = os.getloadavg()
+    results: dict = {}
+    for variant in variants:
+        for store in stores:
+            base = samples[(variant, store, "none")]
+            hand = samples.get((variant, store, "handwritten"))
+            base_whole = statistics.median(s["whole_s"] for s in hand) if hand else None
+            results[f"{variant}/{store}"] = {
+                client: summarize(samples[(variant, store, client)], base, base_whole, steps)
+                for client in clients if (variant, store, client) in samples}
+    out["results"] = results
+    print(report(out))
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(out, fh, indent=1)
+    lost = [f"{name}/{client}" for name, rows in results.items() for client, row in rows.items()
+            if row.get("all_landed") is False]
+    if lost:
+        print(f"POINTS LOST: {', '.join(lost)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+LABELS = {"none": "no logging", "thread": "bridge, writer thread (default)",
+          "process": "bridge, writer process", "async": "MLflow async logging",
+          "sync": "mlflow.log_metric (synchronous)", "handwritten": "hand-written log_batch at the end"}
+
+
+def report(out: dict) -> str:
+    m = out["machine"]
+    lines = [f"machine: {m['nproc']} CPUs, {m['cpu']}; Python {m['python']}; mlflow {m['mlflow']}, "
+             f"azureml-core {m['azureml-core']}, SQLAlchemy {m['sqlalchemy']}; load average "
+             f"{m['loadavg_start'][0]:.2f} at start, {m['loadavg_end'][0]:.2f} at end",
+             f"step ≈ {out['calibration']['step_us']:.0f} µs of pure Python; {out['steps']} steps "
+             f"(sync: {SYNC_STEPS}); median of {out['rounds']} round(s), "
+             f"log_row variant {out['row_rounds']}", ""]
+    for name, rows in out["results"].items():
+        variant, store = name.split("/")
+        what = ("run.log every step" if variant == "log"
+                else f"log_row of {COLUMNS} columns every {ROW_EVERY}th step")
+        lines += [f"{what}, store {store}:",
+                  "| client | loop s | µs/step | loop slowdown | same, without run-queue wait | "
+                  "whole process s | ÷ hand-written | exit s | landed |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for client, row in rows.items():
+            ratio = f"{row['whole_ratio']:.3f}" if "whole_ratio" in row else "-"
+            landed = ("ok" if row.get("all_landed") else
+                      (f"LOST {row['landed']}/{row['expected']}" if "landed" in row else "-"))
+            lines.append(f"| {LABELS[client]} | {row['loop_s']:.2f} | {row['loop_us_per_step']:.1f} | "
+                         f"{row['loop_slowdown']:.3f} | {row['loop_slowdown_no_runqueue']:.3f} | "
+                         f"{row['whole_s']:.2f} | {ratio} | {row['exit_s']:.2f} | {landed} |")
+        lines += ["", "where the loop's time goes, µs per step (medians): the main thread on CPU, "
+                  "asleep (GIL), waiting for a CPU; CPU of the process's other threads and of "
+                  "its children during the loop; CPU s of the whole process tree",
+                  "| client | main CPU | main asleep | main run queue | other threads CPU | "
+                  "children CPU | GC, any thread (full collections) | tree CPU s |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for client, row in rows.items():
+            lines.append(f"| {LABELS[client]} | {row['main_cpu_us_per_step']:.1f} | "
+                         f"{row['main_sleep_us_per_step']:.1f} | {row['main_runqueue_us_per_step']:.1f} | "
+                         f"{row['other_threads_cpu_us_per_step']:.1f} | "
+                         f"{row['children_cpu_us_per_step']:.1f} | {row['gc_us_per_step']:.1f} "
+                         f"({row['gc_full']:.0f}) | {row['tree_cpu_s']:.2f} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

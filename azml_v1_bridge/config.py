@@ -46,7 +46,7 @@ HTTP_DEFAULTS = {
 }
 
 MODES = ("mirror", "mlflow", "off")
-WRITERS = ("thread", "process")  # first is the default
+WRITERS = ("process", "thread")  # first is the default: MLflow's work off the training GIL
 DEFAULT_MODE = "mirror"
 DEFAULT_QUEUE_MAX = 100_000
 DEFAULT_JOURNAL_DIR = "azml_v1_bridge_journal"
@@ -69,7 +69,7 @@ class Config:
     retry_seconds: float = 30.0
     exit_timeout: float = 120.0
     sigterm_timeout: float = 25.0  # clusters usually grant 30 s between SIGTERM and SIGKILL
-    writer: str = "thread"
+    writer: str = "process"
     launcher_run_id: str | None = None
     rank: str | None = None
 

@@ -290,44 +290,58 @@ def artifact_paths(client, run_id: str, path: str | None = None) -> set:
 # ---------------------------------------------------------------- an unprivileged user
 
 
-UNPRIVILEGED = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
+NOBODY = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
+# root without the capabilities that bypass file permissions: owner/group/other bits then
+# apply to it as to anyone (a 0555 folder is read-only, a 0000 file unreadable)
+NO_DAC = ["setpriv", "--bounding-set=-dac_override,-dac_read_search,-fowner"]
 _probe: tuple | None = None
+
+PROBE = ("import os, tempfile, azml_v1_bridge, mlflow, azureml.core\n"
+         "folder = tempfile.mkdtemp(dir=os.environ['PROBE_DIR'])\n"  # must fail: 0555
+         "print('can write')\n")
 
 
 def unprivileged_launcher() -> tuple[list | None, str]:
-    """(launcher, "") to run a command as `nobody`, or (None, why not). Root bypasses file
-    permissions, so read-only folders and unreadable files are only real for another user."""
+    """(launcher, how) to run a command for which file permissions apply, or (None, why not).
+    Root bypasses them, so read-only folders and unreadable files are only real for another
+    user: `nobody` when it can run this interpreter, else root without CAP_DAC_OVERRIDE,
+    CAP_DAC_READ_SEARCH and CAP_FOWNER."""
     global _probe
     if _probe is not None:
         return _probe
     if os.geteuid() != 0:
-        _probe = ([], "")  # already unprivileged: permissions apply as they are
+        _probe = ([], "not root: permissions apply as they are")
         return _probe
     if shutil.which("setpriv") is None:
-        _probe = (None, "setpriv (util-linux) is not installed: cannot drop root")
+        _probe = (None, "setpriv (util-linux) is not installed: cannot drop root's file access")
         return _probe
+    folder = shared_folder()
+    locked = os.path.join(folder, "locked")
+    os.makedirs(locked)
+    os.chmod(locked, 0o555)
+    reasons = []
     try:
-        probe = subprocess.run(UNPRIVILEGED + [sys.executable, "-c",
-                                               "import os, azml_v1_bridge, mlflow, azureml.core; "
-                                               "print(os.geteuid())"],
-                               env=full_env({"AZML_V1_BRIDGE_MODE": "off", "HOME": "/tmp"}),
-                               capture_output=True, text=True, timeout=120, cwd="/")
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        _probe = (None, f"cannot run as nobody: {exc}")
-        return _probe
-    if probe.returncode != 0 or probe.stdout.strip() == "0":
-        _probe = (None, "nobody cannot run this interpreter and import the bridge "
-                        f"(rc {probe.returncode}): {probe.stderr.strip()[-300:]}")
-    else:
-        _probe = (UNPRIVILEGED, "")
+        for launcher, how in ((NOBODY, "as nobody"),
+                              (NO_DAC, "as root without CAP_DAC_OVERRIDE/CAP_DAC_READ_SEARCH/"
+                                       "CAP_FOWNER")):
+            try:
+                probe = subprocess.run(
+                    launcher + [sys.executable, "-c", PROBE],
+                    env=full_env({"AZML_V1_BRIDGE_MODE": "off", "HOME": folder,
+                                  "PROBE_DIR": locked}),
+                    capture_output=True, text=True, timeout=120, cwd=folder)
+            except (OSError, subprocess.TimeoutExpired) as exc:
+                reasons.append(f"{how}: {exc}")
+                continue
+            if probe.returncode != 0 and "PermissionError" in probe.stderr and "mkdtemp" in probe.stderr:
+                _probe = (launcher, how)
+                return _probe
+            reasons.append(f"{how}: rc {probe.returncode} {probe.stdout.strip()} "
+                           f"{probe.stderr.strip()[-200:]}")
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    _probe = (None, "no way to run without root's file access: " + "; ".join(reasons))
     return _probe
-
-
-def nobody_ids() -> tuple[int, int]:
-    import grp
-    import pwd
-
-    return pwd.getpwnam("nobody").pw_uid, grp.getgrnam("nogroup").gr_gid
 
 
 def shared_folder() -> str:
@@ -337,9 +351,14 @@ def shared_folder() -> str:
     return folder
 
 
-def owned_by_nobody(path: str, mode: int = 0o755) -> str:
+def writable_folder(path: str) -> str:
+    """A folder the unprivileged script can write, whoever it runs as."""
     os.makedirs(path, exist_ok=True)
-    uid, gid = nobody_ids()
-    os.chown(path, uid, gid)
-    os.chmod(path, mode)
+    os.chmod(path, 0o777)
+    return path
+
+
+def read_only_folder(path: str) -> str:
+    os.makedirs(path, exist_ok=True)
+    os.chmod(path, 0o555)
     return path

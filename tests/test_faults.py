@@ -17,9 +17,9 @@ import pytest
 
 from faults_helpers import (WRITERS, Hole, Script, artifact_paths, base_key, bridged_env,
                             client_for, distinct_pairs, download_json, experiment_runs,
-                            journal_files, journal_pairs, journals_named, owned_by_nobody,
+                            journal_files, journal_pairs, journals_named, read_only_folder,
                             refused_url, run_bridged, run_pairs, shared_folder,
-                            unprivileged_launcher)
+                            unprivileged_launcher, writable_folder)
 
 pytestmark = pytest.mark.parametrize("writer", WRITERS)
 
@@ -524,9 +524,9 @@ def test_read_only_working_folder(writer, world):
     launcher = nobody_or_skip()
     work = os.path.join(world, "work")
     os.makedirs(work)
-    os.chmod(work, 0o755)                                # root's: not writable for nobody
-    home = owned_by_nobody(os.path.join(world, "home"))
-    tmp = owned_by_nobody(os.path.join(world, "tmp"))
+    home = writable_folder(os.path.join(world, "home"))
+    tmp = writable_folder(os.path.join(world, "tmp"))
+    read_only_folder(work)              # the script is written there by root, run by the other user
     env = bridged_env(writer, None, AZML_V1_BRIDGE_STRICT=0, HOME=home, TMPDIR=tmp)
     with Script(READ_ONLY_SCRIPT, work, env, launcher=launcher,
                 drop=("XDG_STATE_HOME",)) as script:
@@ -562,12 +562,10 @@ def test_unwritable_journal_folder_falls_back(writer, world):
     """AZML_V1_BRIDGE_JOURNAL in a folder nobody cannot write, and a dead store: the journal is
     written to the fallback location instead, the warning names it, all 500 points are in it."""
     launcher = nobody_or_skip()
-    work = owned_by_nobody(os.path.join(world, "work"))
-    locked = os.path.join(world, "locked")
-    os.makedirs(locked)
-    os.chmod(locked, 0o755)
-    home = owned_by_nobody(os.path.join(world, "home"))
-    tmp = owned_by_nobody(os.path.join(world, "tmp"))
+    work = writable_folder(os.path.join(world, "work"))
+    locked = read_only_folder(os.path.join(world, "locked"))
+    home = writable_folder(os.path.join(world, "home"))
+    tmp = writable_folder(os.path.join(world, "tmp"))
     env = bridged_env(writer, refused_url(), AZML_V1_BRIDGE_STRICT=0,
                       AZML_V1_BRIDGE_RETRY_SECONDS=1, HOME=home, TMPDIR=tmp,
                       AZML_V1_BRIDGE_JOURNAL=os.path.join(locked, "journal.jsonl"))
@@ -601,8 +599,8 @@ def test_upload_folder_with_an_unreadable_file_and_a_symlink_loop(writer, world,
                                                                   tmp_path):
     """Every readable file is uploaded; the report notes the unreadable file and the loop."""
     launcher = nobody_or_skip()
-    work = owned_by_nobody(os.path.join(world, "work"))
-    home = owned_by_nobody(os.path.join(world, "home"))
+    work = writable_folder(os.path.join(world, "work"))
+    home = writable_folder(os.path.join(world, "home"))
     data = os.path.join(work, "data")
     os.makedirs(os.path.join(data, "sub"))
     for name, text in (("a.txt", "alpha"), ("sub/b.txt", "beta"), ("secret.txt", "hidden")):
@@ -610,9 +608,6 @@ def test_upload_folder_with_an_unreadable_file_and_a_symlink_loop(writer, world,
             fh.write(text)
     os.symlink("self_loop", os.path.join(data, "self_loop"))   # open() fails with ELOOP
     os.symlink("..", os.path.join(data, "sub", "up"))          # a folder loop
-    for folder, dirs, files in os.walk(data):
-        for name in dirs + files:
-            os.lchown(os.path.join(folder, name), *owned_ids())
     os.chmod(os.path.join(data, "secret.txt"), 0o000)
     env = bridged_env(writer, mlflow_server.url, AZML_V1_BRIDGE_STRICT=0, HOME=home)
     script = run_bridged(UPLOAD_SCRIPT, work, env, launcher=launcher, timeout=150)
@@ -628,12 +623,6 @@ def test_upload_folder_with_an_unreadable_file_and_a_symlink_loop(writer, world,
     assert "data/secret.txt" not in paths
     assert "secret.txt" in notes and "self_loop" in notes
     assert run_pairs(client, run_id).get("after") == [0]
-
-
-def owned_ids():
-    from faults_helpers import nobody_ids
-
-    return nobody_ids()
 
 
 # ---------------------------------------------------------------- accounting

@@ -87,9 +87,9 @@ if __name__ == "__main__":
     print("parent", azml_v1_bridge.mlflow_run_id(run), flush=True)
 """
 
-TOPOLOGIES = [("pool", "fork", "sqlite"), ("pool", "fork", "server"), ("pool", "spawn", "sqlite"),
-              ("pool", "spawn", "server"), ("pool", "forkserver", "server"),
-              ("process", "fork", "sqlite"), ("process", "fork", "server"),
+# sqlite where processes share one file (fork), the server for the rest (suite time)
+TOPOLOGIES = [("pool", "fork", "sqlite"), ("pool", "fork", "server"), ("pool", "spawn", "server"),
+              ("pool", "forkserver", "server"), ("process", "fork", "sqlite"),
               ("process", "spawn", "server")]
 
 
@@ -303,7 +303,7 @@ def test_fork_while_the_writer_is_mid_request(writer, tmp_path):
     _, pid, code, seconds = script.wait_line("child ").split()
     pairs = journal_pairs(*journal_files(journal))
     print(f"fork mid-request/{writer}: child {seconds}s, exit {script.wall:.1f}s, journaled "
-          f"{len({p for p in pairs if p[0] == 'loss'})} of 100 parent and "
+          f"{len({p for p in pairs if p[0] == 'loss'})} 'loss' steps (100 logged by the parent) and "
           f"{len({p for p in pairs if p[0] == f'loss/fork_{pid}'})} of 50 child pairs")
     assert code == "0" and float(seconds) < 60
     assert {s for k, s in pairs if k == "loss"} == set(range(100))
@@ -479,7 +479,7 @@ def test_processes_creating_one_sqlite_store_at_once(writer, tmp_path):
             script.__exit__()
     client = client_for(uri)
     runs = experiment_runs(client, env["MLFLOW_EXPERIMENT_NAME"])
-    landed = {k for r in runs for k, s in distinct_pairs(run_pairs(client, r.info.run_id))}
+    landed = {p for r in runs for p in distinct_pairs(run_pairs(client, r.info.run_id))}
     print(f"first use/{writer}: exit codes {codes}, {len(runs)} run(s), {len(landed)} of 600 "
           f"points")
     assert codes == [0, 0, 0], [s.stderr[-2000:] for s in scripts]

@@ -332,9 +332,22 @@ def test_http_retry_defaults_never_override_the_user(store, mlflow_mode, monkeyp
 
 @pytest.mark.server
 def test_eight_threads_ten_thousand_points_each(mlflow_server, mlflow_mode):
+    """8 threads make their first call on one fresh offline run at the same instant (a barrier)
+    and log 10,000 points each: one MLflow run, every point at steps 0..9999 of its key.
+
+    This test lost one point in 2 of 3 runs on a loaded machine (the last step of one key).
+    One cause found: the threads' first calls race in `runs.Registry.record_for`, which checks
+    `run.__dict__` for a record outside its lock and, for an `_OfflineRun` (never shared by id),
+    makes a record for every thread that got past that check: each becomes an MLflow run and
+    the v1 run's points are spread over them (test_faults.py::
+    test_first_calls_from_many_threads_share_one_run reproduces it: 49-69 MLflow runs for 30 v1
+    runs). Hence the count of runs, asserted first. A loss with one run only was also seen (see
+    the issue 15 report); the message of each assertion carries the writer's accounting for
+    that run (points sent, failures, journaled, notes) so the next occurrence says where the
+    point went. Waits are on the data (complete() returns once everything is in MLflow)."""
     from azureml.core import Run
 
-    bridge = mlflow_mode(mlflow_server.url)
+    bridge = mlflow_mode(mlflow_server.url, MLFLOW_EXPERIMENT_NAME=f"eight-threads-{time.time_ns()}")
     run = Run.get_context()
     start = threading.Barrier(8)
 
@@ -352,10 +365,22 @@ def test_eight_threads_ten_thousand_points_each(mlflow_server, mlflow_mode):
 
     client = client_for(mlflow_server.url)
     run_id = bridge.mlflow_run_id(run)
+    experiment = client.get_experiment_by_name(os.environ["MLFLOW_EXPERIMENT_NAME"])
+    runs = client.search_runs([experiment.experiment_id])
+    assert [r.info.run_id for r in runs] == [run_id], (
+        "the threads' first calls made more than one MLflow run: "
+        + str({r.info.run_id: {k: len(client.get_metric_history(r.info.run_id, k))
+                               for k in r.data.metrics} for r in runs}))
+    stats = writer().stats[run.__dict__["_azml_v1_bridge_record"].local_id]
+    accounting = (f"writer: {stats.metric_points} points sent, {stats.delivery_failures} "
+                  f"failures, {stats.journaled} journaled, notes {stats.notes[:5]}")
     for t in range(8):
         out = history(client, run_id, f"thread{t}")
-        assert [s for s, _, _ in out] == list(range(10_000))
+        steps = [s for s, _, _ in out]
+        missing = sorted(set(range(10_000)) - set(steps))
+        assert steps == list(range(10_000)), (t, len(steps), missing[:10], accounting)
         assert [v for _, _, v in out] == [float(t * 100_000 + i) for i in range(10_000)]
+    assert stats.metric_points == 80_000, accounting
 
 
 SIGTERM_SCRIPT = """

@@ -102,13 +102,22 @@ def test_module_target_shell_wrapper_and_python_subprocess_are_bridged(store, tm
         from azureml.core import Run
         Run.get_context().log("from_worker", 2)
     """)
-    result = launch(cli() + ["run", "--experiment", "launched", "--", sys.executable, "-m", "pkg"], tmp_path)
+    result = launch(cli() + ["run", "--run-per-process", "--experiment", "launched", "--",
+                             sys.executable, "-m", "pkg"], tmp_path)
     assert result.returncode == 0, result.stderr
     experiment = store.get_experiment_by_name("launched")
     runs = store.search_runs([experiment.experiment_id])
     metrics = sorted((r.data.tags["mlflow.source.name"], r.data.metrics) for r in runs)
     assert metrics == [("__main__.py", {"from_module": 1.0}), ("worker.py", {"from_worker": 2.0})]
     assert all(r.info.status == "FINISHED" for r in runs)
+
+    # the default: the whole command is one run, as a v1 job was
+    result = launch(cli() + ["run", "--experiment", "one-job", "--", sys.executable, "-m", "pkg"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    (run,) = store.search_runs([store.get_experiment_by_name("one-job").experiment_id])
+    assert run.data.metrics == {"from_module": 1.0, "from_worker": 2.0}
+    assert run.info.status == "FINISHED"
+    assert launch(cli() + ["run", "--one-run", "--run-per-process", "--", "true"], tmp_path).returncode == 2
 
 
 @pytest.mark.parametrize("command, expected", [

@@ -120,6 +120,20 @@ def test_module_target_shell_wrapper_and_python_subprocess_are_bridged(store, tm
     assert launch(cli() + ["run", "--one-run", "--run-per-process", "--", "true"], tmp_path).returncode == 2
 
 
+def test_no_run_up_front_in_off_mode_or_when_a_run_is_given(store, tmp_path):
+    script = write(tmp_path / "train.py", V1_SCRIPT)
+    result = launch(cli() + ["run", "--mode", "off", "--", sys.executable, str(script)], tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert all_runs(store) == []  # nothing bridged, nothing made
+    given = store.create_run(store.get_experiment_by_name("Default").experiment_id).info.run_id
+    result = launch(cli() + ["run", "--", sys.executable, str(script)], tmp_path,
+                    env={"MLFLOW_RUN_ID": given})
+    assert result.returncode == 0, result.stderr
+    assert "already set" not in result.stderr  # quietly: every process logs to the given run
+    (run,) = all_runs(store)
+    assert run.info.run_id == given and run.data.metrics["loss"] == pytest.approx(1 / 3)
+
+
 @pytest.mark.parametrize("command, expected", [
     (["-c", "import sys; sys.exit(0)"], 0),
     (["-c", "import sys; sys.exit(3)"], 3),

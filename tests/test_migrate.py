@@ -422,3 +422,24 @@ def test_register_model_becomes_mlflow_register_model(tmp_path):
             in r.new.replace("'", '"'))
     (note,) = [c for c in r.todos]
     assert note.kind == "partial" and "description" in note.message
+
+
+def test_check_copies_the_folder_without_stores_outputs_or_itself_and_links_big_files(tmp_path):
+    src = tmp_path / "project"
+    for folder in ("outputs", "logs", "mlruns", "data", "tmp"):
+        (src / folder).mkdir(parents=True)
+    (src / "mlflow.db").write_bytes(b"db")
+    (src / "outputs" / "old.pkl").write_bytes(b"o")
+    (src / "data" / "small.csv").write_text("a\n")
+    (src / "data" / "big.bin").write_bytes(b"x" * migrate.LINK_BYTES)
+    (src / "tmp" / "inside").write_text("t")
+    work = tmp_path / "work"
+    migrate._copy_tree(str(src), str(work), avoid=str(src / "tmp"))
+    assert sorted(os.listdir(work)) == ["data"]
+    assert not os.path.islink(work / "data" / "small.csv")
+    assert os.path.realpath(work / "data" / "big.bin") == str((src / "data" / "big.bin").resolve())
+    outside = migrate._check_tmp(str(src))
+    try:
+        assert not migrate._inside(outside, str(src))
+    finally:
+        shutil.rmtree(outside)

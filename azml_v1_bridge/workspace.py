@@ -392,6 +392,7 @@ def patch_experiment_module(module, wrap, add) -> None:
 def find_run(run_id: str, experiment_ids=None):
     """The MLflow run a v1 run id maps to: the run tagged with it (a run the bridge gave out),
     else the MLflow run of that id; None if neither exists."""
+    bridge.flush(bridge.STATE.cfg.exit_timeout)  # a run the script just made is found
     client = reads._client(None)
     ids = experiment_ids
     if ids is None:
@@ -459,6 +460,7 @@ def _status_of(mlflow_run) -> str:
 
 def list_runs(experiment, type=None, tags=None, properties=None, status=None, include_children=False):
     """v1's Run.list on a local experiment: a generator of run objects, newest first."""
+    bridge.flush(bridge.STATE.cfg.exit_timeout)
     found = _mlflow_experiment(experiment, create=False)
     if found is None:
         return iter(())
@@ -473,7 +475,6 @@ def list_runs(experiment, type=None, tags=None, properties=None, status=None, in
         token = getattr(page, "token", None)
         if not token:
             break
-    bridge.flush(bridge.STATE.cfg.exit_timeout)  # what the script logged is in the answer
     selected = []
     for mlflow_run in runs:
         if not include_children and mlflow_run.data.tags.get("mlflow.parentRunId"):

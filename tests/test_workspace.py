@@ -246,14 +246,16 @@ def test_refetch_by_id_and_by_workspace(ws, store):
     assert again.get_metrics() == {"curve": [3.0, 2.0, 1.0]}
     assert Run.get(ws, run.id).get_status() == "Completed"
     assert ws.get_run(run.id).id == run.id
-    mlflow_id = azml_run_id = None
     import azml_v1_bridge
 
-    azml_run_id = azml_v1_bridge.mlflow_run_id(run)
-    mlflow_id = Run(experiment, azml_run_id)  # the MLflow run id serves too
-    assert mlflow_id.get_metrics() == {"curve": [3.0, 2.0, 1.0]}
+    by_mlflow_id = Run(experiment, azml_v1_bridge.mlflow_run_id(run))  # the MLflow run id serves too
+    assert by_mlflow_id.get_metrics() == {"curve": [3.0, 2.0, 1.0]}
     with pytest.raises(UserErrorException, match="was not found in MLflow"):
         Run(experiment, "no-such-run")
+    fresh = experiment.start_logging()
+    fresh.log("just", 1)  # no flush, no complete: the refetch waits for the writer
+    assert Run(experiment, fresh.id).get_metrics() == {"just": 1.0}
+    assert Run(experiment, fresh.id).get_status() == "Running"
 
 
 def test_model_registry_on_sqlite(ws, store, tmp_path):

@@ -707,4 +707,9 @@ def experiment(run):
         if own.name == found.name:
             return own
         return workspace.local_experiment(own.workspace, found.name, experiment_id)
+    if bridge.STATE.mode == "mlflow" and workspace.is_patched():
+        # job scripts do `ws = run.experiment.workspace`: the mlflow-mode workspace
+        from azureml.core import Workspace
+
+        return workspace.local_experiment(Workspace.from_config(), found.name, experiment_id)
     return Experiment(found.name, experiment_id, t.record.tracking_uri if t.record else None)

@@ -61,18 +61,21 @@ def _what_to_do() -> str:
             "or local equivalent")
 
 
-def _no_azure_error(what: str):
-    from azureml.exceptions import UserErrorException
-
-    class NoAzureError(UserErrorException):
-        pass
-
-    return NoAzureError(f"{what} needs the Azure ML service: {_what_to_do()}.")
+_error_class = None
 
 
 def no_azure(what: str):
-    """The one error every Azure service of an mlflow-mode workspace raises."""
-    return _no_azure_error(what)
+    """The one error every Azure service of an mlflow-mode workspace raises: a
+    UserErrorException (what v1 raises for a misuse), class NoAzureError."""
+    global _error_class
+    if _error_class is None:
+        from azureml.exceptions import UserErrorException
+
+        class NoAzureError(UserErrorException):
+            """An Azure ML service asked of a workspace that mlflow mode built without Azure."""
+
+        _error_class = NoAzureError
+    return _error_class(f"{what} needs the Azure ML service: {_what_to_do()}.")
 
 
 class _NoAzureAuth:
@@ -215,6 +218,20 @@ def _ws_tracking_uri(wrapped, instance, args, kwargs):
 
         return mlflow.get_tracking_uri()
     return wrapped(*args, **kwargs)
+
+
+def is_patched() -> bool:
+    """Whether Workspace and Experiment are patched (then mlflow mode builds them without Azure)."""
+    import sys
+
+    pairs = (("azureml.core.workspace", "Workspace", _ws_init),
+             ("azureml.core.experiment", "Experiment", _exp_init))
+    for module_name, class_name, wrapper in pairs:
+        module = sys.modules.get(module_name)
+        init = getattr(module, class_name).__dict__.get("__init__") if module is not None else None
+        if getattr(init, "_self_wrapper", None) is not wrapper:
+            return False
+    return True
 
 
 def patch_workspace_module(module, wrap, add) -> None:

@@ -144,7 +144,7 @@ def _run_parser() -> argparse.ArgumentParser:
                              "or a process failed")
     parser.add_argument("--run-per-process", action="store_true",
                         help="each Python process makes its own MLflow run(s) instead")
-    parser.add_argument("--run-name", metavar="NAME", help="name of the --one-run run")
+    parser.add_argument("--run-name", metavar="NAME", help="name of the command's run (not with --run-per-process)")
     parser.add_argument("command", nargs=argparse.REMAINDER, metavar="-- COMMAND ARGS",
                         help="the command to run")
     return parser

@@ -46,6 +46,11 @@ READ_METHODS = ("get_metrics", "get_tags", "get_properties", "get_file_names", "
 OFFLINE_ADDITIONS = ("create_children",) + READ_METHODS + ("experiment",)
 
 
+# mlflow mode without Azure (workspace.py, models.py): hook -> module it patches.
+LOCAL_HOOKS = (("patch_workspace_module", "azureml.core.workspace"),
+               ("patch_model_module", "azureml.core.model"))
+
+
 class _Patches:
     def __init__(self):
         self.lock = threading.RLock()
@@ -168,12 +173,31 @@ def _patch_run_module(module) -> None:
                 _add(run_cls, name, _bridged_property(name, original))
             if name not in offline_cls.__dict__:
                 _add(offline_cls, name, _offline_property(name))
+        _patch_local("patch_run_module", module)
 
 
 def _patch_experiment_module(module) -> None:
     with PATCHES.lock:
         if PATCHES.active:
             _patch_class(module.Experiment, ("start_logging",))
+            _patch_local("patch_experiment_module", module)
+
+
+def _patch_local(name: str, module) -> None:
+    """mlflow mode's workspace, experiments, refetch and models (workspace.py, models.py)."""
+    from . import models, workspace
+
+    patch = getattr(workspace, name, None) or getattr(models, name)
+    patch(module, _wrap, _add)
+
+
+def _patch_module_hook(name: str):
+    def hook(module):
+        with PATCHES.lock:
+            if PATCHES.active:
+                _patch_local(name, module)
+
+    return hook
 
 
 class _MlflowModeOnly:
@@ -258,6 +282,8 @@ def enable(mode: str | None = None) -> str:
             PATCHES.hooks_registered = True
             wrapt.register_post_import_hook(_patch_run_module, "azureml.core.run")
             wrapt.register_post_import_hook(_patch_experiment_module, "azureml.core.experiment")
+            for hook, module_name in LOCAL_HOOKS:
+                wrapt.register_post_import_hook(_patch_module_hook(hook), module_name)
         else:  # hooks fire once per import: patch what is already loaded ourselves
             import sys
 
@@ -265,6 +291,9 @@ def enable(mode: str | None = None) -> str:
                 _patch_run_module(sys.modules["azureml.core.run"])
             if "azureml.core.experiment" in sys.modules:
                 _patch_experiment_module(sys.modules["azureml.core.experiment"])
+            for hook, module_name in LOCAL_HOOKS:
+                if module_name in sys.modules:
+                    _patch_module_hook(hook)(sys.modules[module_name])
     return cfg.mode
 
 

@@ -26,6 +26,7 @@ import datetime
 import json
 import os
 import posixpath
+import re
 import tempfile
 import time
 import weakref
@@ -436,15 +437,41 @@ def _generated(t: Target) -> set:
 
 
 def _file_names(t: Target) -> list:
+    return list(_listing(t))
+
+
+# MLflow's image series (client.log_image(key=, step=)): a PNG and a compressed copy per step.
+_SERIES = re.compile(r"^images/(?P<key>.+)\+step\+(?P<step>\d+)\+timestamp\+\d+\+[0-9a-f-]+"
+                     r"(?P<compressed>\+compressed)?\.(png|webp)$")
+
+
+def _series_name(path: str):
+    """`images/<key>+step+<n>+...png` -> the image as the user logged it: `<key>.png` for the
+    first step, `<key>_<n>.png` after (like log_image(path=) repeats); None for the compressed
+    copy; the path itself for any other file."""
+    match = _SERIES.match(path)
+    if match is None:
+        return path
+    if match["compressed"]:
+        return None
+    step = int(match["step"])
+    key = match["key"].replace("~", "/")
+    return f"{key}.png" if step == 0 else f"{key}_{step}.png"
+
+
+def _listing(t: Target) -> dict:
+    """{name as v1 lists it: artifact path} for the files the user logged."""
     generated = _generated(t)
-    out = []
+    out = {}
     for path in _all_files(t):
         if path.startswith(BRIDGE_DIR):
             continue
         base = ranks.split_path(path)[0] if t.shared else path
         if path in generated or base in generated:
             continue
-        out.append(path)
+        shown = _series_name(path)
+        if shown is not None:
+            out.setdefault(shown, path)
     return out
 
 
@@ -484,14 +511,17 @@ def download_file(run, name, output_file_path=None, _validate_checksum=False) ->
     None: the current folder); a name the run does not have raises UserErrorException."""
     t = target(run)
     name = str(name).replace("\\", "/")
+    real = name
     if not _is_file(t, name):
-        raise _not_found(t, name)
+        real = _listing(t).get(name)
+        if real is None:
+            raise _not_found(t, name)
     if output_file_path is None:
         output_file_path = os.path.basename(name)
     output_file_path = os.fspath(output_file_path)
     if os.path.isdir(output_file_path):
         output_file_path = os.path.join(output_file_path, os.path.basename(name))
-    _fetch(t, name, output_file_path)
+    _fetch(t, real, output_file_path)
 
 
 def download_files(run, prefix=None, output_directory=None, output_paths=None, batch_size=100,
@@ -502,7 +532,8 @@ def download_files(run, prefix=None, output_directory=None, output_paths=None, b
     prefix = "" if not prefix else str(prefix).replace("\\", "/")
     if prefix and not prefix.endswith("/"):
         prefix += "/"
-    paths = [p for p in _file_names(t) if p.startswith(prefix)]
+    listing = _listing(t)
+    paths = [p for p in listing if p.startswith(prefix)]
     specified = output_paths is not None
     outs = list(output_paths) if specified else list(paths)
     if len(outs) != len(paths) or len(set(outs)) != len(outs):
@@ -517,7 +548,7 @@ def download_files(run, prefix=None, output_directory=None, output_paths=None, b
 
     with ThreadPoolExecutor(max_workers=min(DOWNLOAD_WORKERS, len(paths)),
                             thread_name_prefix="azml_v1_bridge-download") as pool:
-        for future in [pool.submit(_fetch, t, p, o) for p, o in zip(paths, outs)]:
+        for future in [pool.submit(_fetch, t, listing[p], o) for p, o in zip(paths, outs)]:
             future.result()
 
 
@@ -663,8 +694,22 @@ class Experiment:
         return hash((self.name, self.id))
 
 
-def experiment(run) -> Experiment:
+def experiment(run):
+    """The MLflow experiment of the run: a v1 Experiment of the mlflow-mode workspace when the
+    run came from one (workspace.py), else its name and id (`Experiment` above)."""
     t = target(run)
     experiment_id = t.run.info.experiment_id
     found = t.client.get_experiment(experiment_id)
+    from . import workspace
+
+    own = run.__dict__.get("_experiment") if hasattr(run, "__dict__") else None
+    if workspace.is_local(own):
+        if own.name == found.name:
+            return own
+        return workspace.local_experiment(own.workspace, found.name, experiment_id)
+    if bridge.STATE.mode == "mlflow" and workspace.is_patched():
+        # job scripts do `ws = run.experiment.workspace`: the mlflow-mode workspace
+        from azureml.core import Workspace
+
+        return workspace.local_experiment(Workspace.from_config(), found.name, experiment_id)
     return Experiment(found.name, experiment_id, t.record.tracking_uri if t.record else None)

@@ -55,7 +55,9 @@ def create_children(run, count=None, tag_key=None, tag_values=None):
 
 def start_logging(experiment, *args, **kwargs):
     run_id = kwargs.get("run_id") or f"{getattr(experiment, 'name', 'run')}_{int(time.time())}_{uuid.uuid4().hex[:8]}"
-    return _offline_run(run_id)
+    run = _offline_run(run_id)
+    run.__dict__["_experiment"] = experiment  # as v1's runs keep it (register_model's workspace)
+    return run
 
 
 def enter(run):

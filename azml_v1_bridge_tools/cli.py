@@ -1,6 +1,6 @@
 """`azml-v1-bridge`: the launcher and the tools around the bridge.
 
-    azml-v1-bridge run [--mode M] [--tracking-uri U] [--experiment X] [--one-run] -- COMMAND ARGS...
+    azml-v1-bridge run [--mode M] [--tracking-uri U] [--experiment X] [--run-per-process] -- COMMAND ARGS...
     azml-v1-bridge doctor [--mode M] [--tracking-uri U] [--experiment X]
     azml-v1-bridge replay ...        (azml_v1_bridge_tools.replay)
     azml-v1-bridge scan ... / migrate ...
@@ -137,10 +137,14 @@ def _run_parser() -> argparse.ArgumentParser:
                     "COMMAND's exit code is passed through (killed by signal N: 128+N).")
     add_config_options(parser)
     parser.add_argument("--one-run", action="store_true",
-                        help="create one MLflow run up front and hand it to every process "
+                        help="the default, kept for old command lines: one MLflow run for the whole "
+                             f"command, created up front and handed to every process "
                              f"({config.MLFLOW_RUN_ID}, {config.LAUNCHER_RUN_ID}); the launcher ends "
-                             "it after COMMAND exits: FINISHED, or FAILED when the exit code is not 0")
-    parser.add_argument("--run-name", metavar="NAME", help="name of the --one-run run")
+                             "it after COMMAND exits: FINISHED, or FAILED when the exit code is not 0 "
+                             "or a process failed")
+    parser.add_argument("--run-per-process", action="store_true",
+                        help="each Python process makes its own MLflow run(s) instead")
+    parser.add_argument("--run-name", metavar="NAME", help="name of the command's run (not with --run-per-process)")
     parser.add_argument("command", nargs=argparse.REMAINDER, metavar="-- COMMAND ARGS",
                         help="the command to run")
     return parser
@@ -163,7 +167,14 @@ def run_command(argv: list[str]) -> int:
         print(f"{PROG} run: {exc}", file=sys.stderr)
         return 2
     env[config.PYTHONPATH] = with_bootstrap(env.get(config.PYTHONPATH))
-    shared = start_shared_run(env, command, args.run_name) if args.one_run else None
+    if args.one_run and args.run_per_process:
+        print(f"{PROG} run: --one-run and --run-per-process exclude each other", file=sys.stderr)
+        return 2
+    # One job, one run (as v1 jobs were), unless asked otherwise or nothing is bridged.
+    one_run = not args.run_per_process and config.load(env).mode != "off"
+    if one_run and env.get(config.MLFLOW_RUN_ID) and not args.one_run:
+        one_run = False  # a run is given (Azure ML v2 jobs set it): every process logs to it, quietly
+    shared = start_shared_run(env, command, args.run_name) if one_run else None
     code = execute(command, env)
     if shared is not None:
         end_shared_run(shared, code, env)
@@ -265,7 +276,7 @@ def start_shared_run(env: dict, command: list[str], run_name: str | None) -> Sha
                 "azml_v1_bridge.launcher": "one-run"}
         run = client.create_run(experiment_id, tags=tags, run_name=run_name or source)
     except Exception as exc:
-        _warn(f"--one-run: could not create the shared MLflow run ({type(exc).__name__}: "
+        _warn(f"could not create the command's MLflow run ({type(exc).__name__}: "
               f"{str(exc)[:300]}); every process creates its own runs instead")
         return None
     run_id = run.info.run_id

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import contextvars
 import difflib
+import inspect
 import json
 import os
 import posixpath
@@ -585,6 +586,66 @@ RULES = {
 EXPRESSION_RULES = frozenset(("child_run", "create_children", "start_logging"))
 
 
+# run.register_model: not a logging call (no translator), but it has a native form.
+def _v1_register_model(model_name, model_path=None, tags=None, properties=None, model_framework=None,
+                       model_framework_version=None, description=None, datasets=None,
+                       sample_input_dataset=None, sample_output_dataset=None, resource_configuration=None,
+                       **kwargs):
+    """v1's Run.register_model signature."""
+
+
+def is_register_model(site: Site) -> bool:
+    return site.method == "register_model" and site.kind == "unmapped"
+
+
+def register_model_code(rw: "Rewriter", site: Site, call: cst.Call) -> str:
+    """run.register_model(name, path, tags=, properties=) -> mlflow.register_model on the run's
+    artifacts at path (v1 registered the run's uploaded file too); v1 properties become tags."""
+    positional, keywords = [], {}
+    for arg in call.args:
+        if arg.star:
+            raise Todo("register_model() arguments passed with * or **: rewrite by hand")
+        if arg.keyword is not None:
+            keywords[arg.keyword.value] = arg.value
+        else:
+            positional.append(arg.value)
+    try:
+        bound = inspect.signature(_v1_register_model).bind(*positional, **keywords).arguments
+    except TypeError as exc:
+        raise Todo(f"arguments do not fit v1's register_model(): {exc}") from None
+    name = bound["model_name"]
+    path = bound.get("model_path")
+    if path is None:
+        if not _simple(name):
+            raise Todo("register_model(name) without model_path: the name is also the path; "
+                       "rewrite by hand")
+        path = name
+    run = site.route or "mlflow.active_run()"
+    try:
+        path_value = literal(path)
+    except Exception:
+        path_value = None
+    if isinstance(path_value, str):
+        relative = path_value.replace("\\", "/")
+        while relative.startswith("./"):
+            relative = relative[2:]
+        uri = f"{run}.info.artifact_uri + {q('/' + relative.strip('/'))}"
+    else:
+        uri = f"{run}.info.artifact_uri + \"/\" + str({rw.code(path)})"
+    args = [uri, rw.code(name)]
+    tags = [rw.code(bound[k]) for k in ("tags", "properties") if bound.get(k) is not None]
+    if len(tags) == 2:
+        args.append(f"tags={{**{tags[0]}, **{tags[1]}}}")
+    elif tags:
+        args.append(f"tags={tags[0]}")
+    rest = [k for k in bound if k not in ("model_name", "model_path", "tags", "properties")]
+    if rest:
+        rw.todo(site, f"register_model's {', '.join(rest)}: mlflow.register_model has no such argument "
+                      "(a description: MlflowClient().update_model_version(name, version, description=...))",
+                kind="partial")
+    return f"mlflow.register_model({', '.join(args)})"
+
+
 def check_rules() -> None:
     missing = set(translate.TRANSLATORS) - set(RULES)
     extra = set(RULES) - set(translate.TRANSLATORS)
@@ -674,6 +735,15 @@ class Rewriter(cst.CSTTransformer):
 
     def leave_Call(self, original: cst.Call, updated: cst.Call):
         site = self.sites.get(original)
+        if site is not None and is_register_model(site):
+            try:
+                code = register_model_code(self, site, updated)
+            except Todo as why:
+                self.todo(site, str(why))
+                return updated
+            self.plan.need_mlflow = True
+            self.plan.changes.append(Change(site, "rewritten"))
+            return cst.parse_expression(code)
         if site is None or not site.mapped:
             return updated
         if site.method == "get_context":
@@ -1069,7 +1139,7 @@ def migrate_file(path: str) -> FileResult:
         for site in sites:
             if site.unit is not unit:
                 continue
-            if not site.mapped:
+            if not site.mapped and not is_register_model(site):  # that one: Rewriter.leave_Call
                 rewriter.todo(site, site.todo or site.flag)
             elif site.kind == "with":
                 try:
@@ -1328,10 +1398,56 @@ class CheckResult:
         return "\n".join(lines)
 
 
-def _copy_tree(src: str, dst: str) -> None:
-    shutil.copytree(src, dst, ignore=shutil.ignore_patterns(*scan.SKIP_DIRS, "*.db", "azml_v1_bridge_journal",
-                                                            "azml_v1_bridge"),
-                    symlinks=True)
+# Not copied into --check's working folders: stores, journals, the bridge's own files, and
+# what the script makes itself (each side starts without them, as a fresh job did).
+CHECK_SKIP = tuple(scan.SKIP_DIRS) + ("*.db", "azml_v1_bridge_journal", "azml_v1_bridge", "outputs", "logs")
+# Files this big are linked, not copied (data sets): scripts read them, they do not rewrite them.
+LINK_BYTES = 1 << 20
+
+
+def _inside(path: str, folder: str) -> bool:
+    path, folder = os.path.realpath(path), os.path.realpath(folder)
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def _check_tmp(folder: str) -> str:
+    """A fresh temp folder outside `folder` (TMPDIR may lie inside the project)."""
+    for base in (tempfile.gettempdir(), "/tmp", "/var/tmp", os.path.dirname(os.path.realpath(folder))):
+        if base and os.path.isdir(base) and not _inside(base, folder) and os.access(base, os.W_OK):
+            return tempfile.mkdtemp(prefix="azml-v1-bridge-check-", dir=base)
+    raise OSError(f"no writable temp folder outside {folder} (set TMPDIR to one)")
+
+
+def _copy_tree(src: str, dst: str, avoid: str | None = None) -> None:
+    """The script's folder for one side: small files copied, big ones linked, never `avoid`
+    (the check's own temp folder) nor CHECK_SKIP."""
+    skip = shutil.ignore_patterns(*CHECK_SKIP)
+
+    def ignore(folder, names):
+        out = set(skip(folder, names))
+        if avoid is not None:
+            out |= {n for n in names if _inside(os.path.join(folder, n), avoid)}
+        return out
+
+    def copy(source, target):
+        if os.path.getsize(source) >= LINK_BYTES:
+            os.symlink(os.path.abspath(source), target)
+        else:
+            shutil.copy2(source, target)
+
+    shutil.copytree(src, dst, ignore=ignore, symlinks=True, copy_function=copy)
+
+
+def _one_line(text: str) -> str:
+    """What a script's stderr says went wrong, in one line: the exception of its last
+    traceback (log lines may follow it), else its last line."""
+    lines = [line.rstrip() for line in text.splitlines() if line.strip()]
+    starts = [i for i, line in enumerate(lines) if line.startswith("Traceback (most recent call last)")]
+    if starts:
+        for line in lines[starts[-1] + 1:]:
+            if not line.startswith((" ", "\t")):
+                return line.strip()
+    return lines[-1].strip() if lines else "(no output)"
 
 
 def _script_of(result: FileResult) -> str:
@@ -1357,59 +1473,70 @@ def check(script: str, args=(), timeout: float = 600, keep: bool = False, result
     """Run the original under the bridge (mlflow mode) and the migrated script with plain MLflow,
     each into a fresh store and a fresh copy of the script's folder; compare the records."""
     script = os.path.abspath(script)
-    result = result or migrate_file(script)
-    tmp = tempfile.mkdtemp(prefix="azml-v1-bridge-check-")
+    folder = os.path.dirname(script)
+    try:
+        result = result or migrate_file(script)
+        tmp = _check_tmp(folder)
+    except Exception as exc:  # one line, never a traceback
+        return CheckResult(script, False, [], {}, [f"{script}: --check could not start: "
+                                                   f"{type(exc).__name__}: {exc}"], result)
     python = python or sys.executable
     try:
-        folder = os.path.dirname(script)
-        name = os.path.splitext(os.path.basename(script))[0] + ".py"
-        procs = {}
-        for side in ("original", "migrated"):
-            work = os.path.join(tmp, side)
-            _copy_tree(folder, work)
-            target = os.path.join(work, name)
-            with open(target, "w", encoding="utf-8") as fh:
-                fh.write(_original_script(result) if side == "original" else _script_of(result))
-            store = os.path.join(tmp, side + "-store")
-            os.makedirs(store)
-            uri = f"sqlite:///{store}/mlflow.db"
-            env = {k: v for k, v in os.environ.items()
-                   if not k.startswith("AZML_V1_BRIDGE_") and k not in (
-                       "MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID", "MLFLOW_TRACKING_URI")}
-            env.update(MLFLOW_TRACKING_URI=uri, MPLBACKEND="Agg", PYTHONHASHSEED="0",
-                       MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT="true")
-            if side == "original":
-                env.update(AZML_V1_BRIDGE_MODE="mlflow", AZML_V1_BRIDGE_CHARTS="0", AZML_V1_BRIDGE_OUTPUTS="0",
-                           AZML_V1_BRIDGE_REPORT="0", AZML_V1_BRIDGE_JOURNAL=os.path.join(store, "journal.jsonl"))
-                env["PYTHONPATH"] = PACKAGE_ROOT + os.pathsep + env.get("PYTHONPATH", "")
-                cmd = [python, "-c", BOOT, target, *args]
-            else:
-                cmd = [python, target, *args]
-            procs[side] = (subprocess.Popen(cmd, cwd=work, env=env, stdout=subprocess.PIPE,
-                                            stderr=subprocess.PIPE, text=True), uri, work)
-        failures = []
-        for side, (proc, uri, work) in procs.items():
-            try:
-                out, err = proc.communicate(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                out, err = proc.communicate()
-                failures.append(f"{script}: the {side} script did not finish in {timeout}s")
-                continue
-            if proc.returncode != 0:
-                tail = "\n".join(err.strip().splitlines()[-15:])
-                failures.append(f"{script}: the {side} script exited with {proc.returncode}:\n{tail}")
-        if failures:
-            return CheckResult(script, False, [], {}, failures, result)
-        records = {side: read_record(uri, os.path.join(tmp, side + "-download"))
-                   for side, (_, uri, _) in procs.items()}
-        diffs = compare_records(records["original"], records["migrated"])
-        return CheckResult(script, not diffs, diffs, _count(records["original"]), [], result)
+        return _check_in(script, folder, tmp, args, timeout, result, python)
+    except Exception as exc:
+        return CheckResult(script, False, [], {}, [f"{script}: --check failed: {type(exc).__name__}: {exc}"],
+                           result)
     finally:
         if keep:
             print(f"{TOOL} migrate --check: kept {tmp}", file=sys.stderr)
         else:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _check_in(script, folder, tmp, args, timeout, result, python) -> CheckResult:
+    name = os.path.splitext(os.path.basename(script))[0] + ".py"
+    procs = {}
+    for side in ("original", "migrated"):
+        work = os.path.join(tmp, side)
+        _copy_tree(folder, work, avoid=tmp)
+        target = os.path.join(work, name)
+        with open(target, "w", encoding="utf-8") as fh:
+            fh.write(_original_script(result) if side == "original" else _script_of(result))
+        store = os.path.join(tmp, side + "-store")
+        os.makedirs(store)
+        uri = f"sqlite:///{store}/mlflow.db"
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith("AZML_V1_BRIDGE_") and k not in (
+                   "MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID", "MLFLOW_TRACKING_URI")}
+        env.update(MLFLOW_TRACKING_URI=uri, MPLBACKEND="Agg", PYTHONHASHSEED="0",
+                   MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT="true")
+        if side == "original":
+            env.update(AZML_V1_BRIDGE_MODE="mlflow", AZML_V1_BRIDGE_CHARTS="0", AZML_V1_BRIDGE_OUTPUTS="0",
+                       AZML_V1_BRIDGE_REPORT="0", AZML_V1_BRIDGE_JOURNAL=os.path.join(store, "journal.jsonl"))
+            env["PYTHONPATH"] = PACKAGE_ROOT + os.pathsep + env.get("PYTHONPATH", "")
+            cmd = [python, "-c", BOOT, target, *args]
+        else:
+            cmd = [python, target, *args]
+        procs[side] = (subprocess.Popen(cmd, cwd=work, env=env, stdout=subprocess.PIPE,
+                                        stderr=subprocess.PIPE, text=True), uri, work)
+    failures = []
+    for side, (proc, uri, work) in procs.items():
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+            failures.append(f"{script}: the {side} script did not finish in {timeout}s")
+            continue
+        if proc.returncode != 0:
+            failures.append(f"{script}: the {side} script exited with {proc.returncode}: "
+                            f"{_one_line(err)}")
+    if failures:
+        return CheckResult(script, False, [], {}, failures, result)
+    records = {side: read_record(uri, os.path.join(tmp, side + "-download"))
+               for side, (_, uri, _) in procs.items()}
+    diffs = compare_records(records["original"], records["migrated"])
+    return CheckResult(script, not diffs, diffs, _count(records["original"]), [], result)
 
 
 # ---------------------------------------------------------------- command line
@@ -1420,11 +1547,14 @@ def _report_changes(results, stream) -> None:
             label = "TODO" if c.kind == "todo" else "partial"
             print(f"{c.where}: {label}: {c.site.code}: {c.message}", file=stream)
     rewritten = sum(1 for r in results for c in r.changes if c.kind == "rewritten")
-    todo = sum(1 for r in results for c in r.changes if c.kind == "todo")
     partial = sum(1 for r in results for c in r.changes if c.kind == "partial")
+    untouched = sum(1 for r in results for c in r.changes if c.kind == "todo")
+    # the TODO comments the diff adds, counted in the text itself (a note on a rewritten call
+    # is a TODO comment too)
+    comments = sum(max(0, r.new.count(TODO_PREFIX) - r.old.count(TODO_PREFIX)) for r in results)
     changed = sum(1 for r in results if r.changed)
-    print(f"{changed} file(s) to change: {rewritten} call(s) rewritten, {partial} with a note, "
-          f"{todo} left with a TODO", file=stream)
+    print(f"{changed} file(s) to change: {rewritten} call(s) rewritten ({partial} with a note), "
+          f"{untouched} left as is; {comments} left with a TODO comment", file=stream)
 
 
 def main(argv=None) -> int:

@@ -841,6 +841,13 @@ class _Visitor(cst.CSTVisitor):
                             else "no MLflow write (v1 reads the run)",
                             flag=f"read-back: run.{attr}() asks Azure ML; rewrite it against MLflow by hand",
                             mapped=False)
+        elif attr == "register_model":
+            site = self.add(node, "unmapped", attr, receiver=receiver,
+                            maps_to="mlflow.register_model on the run's artifacts (migrate); the bridge "
+                                    "registers it in MLflow's model registry (mlflow mode)",
+                            flag="run.register_model(): a model registry call, rewritten by migrate",
+                            mapped=False)
+            site.route = self.a.route_for(receiver)  # the run whose artifacts hold the model
         else:
             site = self.add(node, "unmapped", attr, receiver=receiver,
                             maps_to="no mapping in the bridge",

@@ -102,13 +102,36 @@ def test_module_target_shell_wrapper_and_python_subprocess_are_bridged(store, tm
         from azureml.core import Run
         Run.get_context().log("from_worker", 2)
     """)
-    result = launch(cli() + ["run", "--experiment", "launched", "--", sys.executable, "-m", "pkg"], tmp_path)
+    result = launch(cli() + ["run", "--run-per-process", "--experiment", "launched", "--",
+                             sys.executable, "-m", "pkg"], tmp_path)
     assert result.returncode == 0, result.stderr
     experiment = store.get_experiment_by_name("launched")
     runs = store.search_runs([experiment.experiment_id])
     metrics = sorted((r.data.tags["mlflow.source.name"], r.data.metrics) for r in runs)
     assert metrics == [("__main__.py", {"from_module": 1.0}), ("worker.py", {"from_worker": 2.0})]
     assert all(r.info.status == "FINISHED" for r in runs)
+
+    # the default: the whole command is one run, as a v1 job was
+    result = launch(cli() + ["run", "--experiment", "one-job", "--", sys.executable, "-m", "pkg"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    (run,) = store.search_runs([store.get_experiment_by_name("one-job").experiment_id])
+    assert run.data.metrics == {"from_module": 1.0, "from_worker": 2.0}
+    assert run.info.status == "FINISHED"
+    assert launch(cli() + ["run", "--one-run", "--run-per-process", "--", "true"], tmp_path).returncode == 2
+
+
+def test_no_run_up_front_in_off_mode_or_when_a_run_is_given(store, tmp_path):
+    script = write(tmp_path / "train.py", V1_SCRIPT)
+    result = launch(cli() + ["run", "--mode", "off", "--", sys.executable, str(script)], tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert all_runs(store) == []  # nothing bridged, nothing made
+    given = store.create_run(store.get_experiment_by_name("Default").experiment_id).info.run_id
+    result = launch(cli() + ["run", "--", sys.executable, str(script)], tmp_path,
+                    env={"MLFLOW_RUN_ID": given})
+    assert result.returncode == 0, result.stderr
+    assert "already set" not in result.stderr  # quietly: every process logs to the given run
+    (run,) = all_runs(store)
+    assert run.info.run_id == given and run.data.metrics["loss"] == pytest.approx(1 / 3)
 
 
 @pytest.mark.parametrize("command, expected", [

@@ -187,20 +187,23 @@ def test_calls_without_a_native_form_get_a_todo_and_are_listed(capsys):
     path = os.path.join(LEGACY, "workspace_reads.py")
     r = migrate.migrate_file(path)
     lines = r.new.splitlines()
-    for call in ("metrics = run.get_metrics()", 'print("run id:", run.id)',
-                 'run.register_model("model", "outputs/model.pkl")', "run.log(*args)",
+    for call in ("metrics = run.get_metrics()", 'print("run id:", run.id)', "run.log(*args)",
                  "ws = Workspace.from_config()"):
         i = next(i for i, line in enumerate(lines) if line.startswith(call))
         assert lines[i - 1].startswith(scan.TODO_PREFIX), call
     assert "from azureml.core import Dataset, Experiment, Workspace" in r.new  # still used
     assert 'run = mlflow.start_run(experiment_id=mlflow.set_experiment("legacy-exp").experiment_id, ' \
            'run_name="interactive")' in r.new
-    assert len([c for c in r.todos if c.kind == "todo"]) == 9
+    # register_model has a native form: the run's artifacts at model_path, registered
+    assert ('mlflow.register_model(mlflow.active_run().info.artifact_uri + "/outputs/model.pkl", "model")'
+            in r.new)
+    assert len([c for c in r.todos if c.kind == "todo"]) == 8
     assert migrate.main([path]) == 0
     captured = capsys.readouterr()
     assert captured.out.startswith("--- a/")
     assert "workspace_reads.py:12: TODO: run.get_metrics(): read-back" in captured.err
-    assert "9 left with a TODO" in captured.err
+    assert r.new.count(scan.TODO_PREFIX) == 8
+    assert "5 call(s) rewritten (0 with a note), 8 left as is; 8 left with a TODO comment" in captured.err
 
 
 def test_rich_metrics_are_rewritten_with_a_note_about_the_chart():
@@ -354,3 +357,89 @@ def test_check_on_the_command_line(tmp_path, capsys, monkeypatch):
     assert seen == [(str(script), ["--epochs", "2"], True)]
     out = capsys.readouterr().out
     assert "records differ in 1 place(s):\n  run #1: metric 'loss': [(0, 1.0)] vs [(1, 1.0)]" in out
+
+
+# ---------------------------------------------------------------- issue 14
+
+def test_check_with_tmpdir_inside_the_scripts_folder(tmp_path, monkeypatch):
+    """TMPDIR under the project: --check works in a temp folder outside what it copies."""
+    project = tmp_path / "project"
+    (project / "data").mkdir(parents=True)
+    (project / "data" / "rows.txt").write_text("3\n")
+    (project / "tmp").mkdir()
+    script = project / "train.py"
+    script.write_text("from azureml.core import Run\nrun = Run.get_context()\n"
+                      "rows = int(open('data/rows.txt').read())\n"
+                      "for i in range(rows):\n    run.log('loss', 1.0 / (i + 1))\nrun.complete()\n")
+    monkeypatch.setenv("TMPDIR", str(project / "tmp"))
+    monkeypatch.setattr(migrate.tempfile, "tempdir", None)  # re-read TMPDIR
+    assert migrate.tempfile.gettempdir() == str(project / "tmp")
+    result = migrate.check(str(script), timeout=300)
+    assert not result.failures, result.failures
+    assert result.equal, result.report()
+    assert result.counts["metric points"] == 3
+    assert os.listdir(project / "tmp") == []  # nothing left behind, nothing copied into itself
+
+
+def test_check_reports_a_failing_script_in_one_line(tmp_path):
+    script = tmp_path / "broken.py"
+    script.write_text("from azureml.core import Run\nrun = Run.get_context()\nrun.log('x', 1)\n"
+                      "raise ValueError('no data here')\n")
+    result = migrate.check(str(script), timeout=300)
+    assert len(result.failures) == 2
+    for line in result.failures:
+        assert "\n" not in line and "Traceback" not in line
+        assert line.endswith("ValueError: no data here")
+
+
+def test_check_of_an_unreadable_script_is_one_line(tmp_path):
+    result = migrate.check(str(tmp_path / "missing.py"))
+    (line,) = result.failures
+    assert "\n" not in line and "could not start" in line
+
+
+def test_summary_counts_every_todo_comment_in_the_diff(capsys):
+    path = os.path.join(LEGACY, "artifacts_and_charts.py")
+    r = migrate.migrate_file(path)
+    added = r.new.count(scan.TODO_PREFIX) - r.old.count(scan.TODO_PREFIX)
+    assert added >= 2  # rich metrics keep a note about their chart
+    assert migrate.main([path]) == 0
+    err = capsys.readouterr().err
+    assert f"; {added} left with a TODO comment" in err
+
+
+def test_register_model_becomes_mlflow_register_model(tmp_path):
+    script = tmp_path / "reg.py"
+    script.write_text(
+        "from azureml.core import Run\nrun = Run.get_context()\nrun.log('acc', 0.9)\n"
+        "model = run.register_model('clf', model_path='./outputs/model.pkl', tags={'a': '1'},\n"
+        "                           properties={'p': 'x'})\n"
+        "other = run.register_model('clf2', 'outputs/m2', description='second')\n")
+    r = migrate.migrate_file(str(script))
+    assert ('model = mlflow.register_model(mlflow.active_run().info.artifact_uri + '
+            '"/outputs/model.pkl", "clf", tags={**{"a": "1"}, **{"p": "x"}})') in r.new.replace("'", '"')
+    assert ('other = mlflow.register_model(mlflow.active_run().info.artifact_uri + "/outputs/m2", "clf2")'
+            in r.new.replace("'", '"'))
+    (note,) = [c for c in r.todos]
+    assert note.kind == "partial" and "description" in note.message
+
+
+def test_check_copies_the_folder_without_stores_outputs_or_itself_and_links_big_files(tmp_path):
+    src = tmp_path / "project"
+    for folder in ("outputs", "logs", "mlruns", "data", "tmp"):
+        (src / folder).mkdir(parents=True)
+    (src / "mlflow.db").write_bytes(b"db")
+    (src / "outputs" / "old.pkl").write_bytes(b"o")
+    (src / "data" / "small.csv").write_text("a\n")
+    (src / "data" / "big.bin").write_bytes(b"x" * migrate.LINK_BYTES)
+    (src / "tmp" / "inside").write_text("t")
+    work = tmp_path / "work"
+    migrate._copy_tree(str(src), str(work), avoid=str(src / "tmp"))
+    assert sorted(os.listdir(work)) == ["data"]
+    assert not os.path.islink(work / "data" / "small.csv")
+    assert os.path.realpath(work / "data" / "big.bin") == str((src / "data" / "big.bin").resolve())
+    outside = migrate._check_tmp(str(src))
+    try:
+        assert not migrate._inside(outside, str(src))
+    finally:
+        shutil.rmtree(outside)

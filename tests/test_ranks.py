@@ -72,7 +72,7 @@ sys.exit(0 if os.environ.get("LOSE_EXIT_CODES") else max(codes))
 """
 
 
-def launch(tmp_path, n, tracking_uri, extra_env=None, timeout=600):
+def launch(tmp_path, n, tracking_uri, extra_env=None, timeout=600, command=LAUNCH):
     (tmp_path / "rank.py").write_text(textwrap.dedent(RANK_SCRIPT))
     (tmp_path / "launcher.py").write_text(textwrap.dedent(LAUNCHER_SCRIPT))
     env = dict(os.environ)
@@ -82,7 +82,7 @@ def launch(tmp_path, n, tracking_uri, extra_env=None, timeout=600):
     env.update({"MLFLOW_TRACKING_URI": tracking_uri, "MLFLOW_EXPERIMENT_NAME": "ranks",
                 "AZML_V1_BRIDGE_STRICT": "1"})
     env.update(extra_env or {})
-    return subprocess.run(LAUNCH + ["--", sys.executable, "launcher.py", str(n)], cwd=tmp_path,
+    return subprocess.run(command + ["--", sys.executable, "launcher.py", str(n)], cwd=tmp_path,
                           env=env, capture_output=True, text=True, timeout=timeout)
 
 
@@ -192,6 +192,45 @@ def test_four_ranks_one_failing_make_one_failed_run_with_every_ranks_points(mlfl
     # ./outputs went up once, by the launcher, after the last rank
     outputs = {f.path for f in client.list_artifacts(run.info.run_id, "outputs")}
     assert outputs == {f"outputs/rank{r}" for r in range(4)}
+
+
+def test_by_default_the_launcher_makes_one_run_of_the_whole_job(mlflow_server, tmp_path):
+    """`azml-v1-bridge run -- COMMAND` without options: four ranks, one failing, one FAILED run
+    holding every rank's points (the exit codes decide)."""
+    from mlflow.tracking import MlflowClient
+
+    points = 50
+    default = [sys.executable, "-m", "azml_v1_bridge_tools.cli", "run", "--mode", "mlflow"]
+    experiment = "default-one-run"
+    result = launch(tmp_path, 4, mlflow_server.url, {"POINTS": str(points), "FAIL_RANK": "3",
+                                                      "MLFLOW_EXPERIMENT_NAME": experiment},
+                    command=default)
+    assert "EXIT CODES [0, 0, 0, 1]" in result.stdout, result.stdout + result.stderr
+    assert result.returncode == 1
+    client = MlflowClient(mlflow_server.url)
+    (run,) = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    assert run.info.status == "FAILED"
+    pairs = {(key, m.step) for key in run.data.metrics
+             for m in client.get_metric_history(run.info.run_id, key)}
+    # loss: 4 ranks x points; per_rank.rank and per_rank.points: one row per rank
+    assert len(pairs) == 4 * points + 2 * 4
+    assert sorted(points_by_rank(client, run)) == [0, 1, 2, 3]
+
+
+@pytest.mark.slow
+def test_run_per_process_keeps_one_run_per_process(mlflow_server, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    per_process = [sys.executable, "-m", "azml_v1_bridge_tools.cli", "run", "--run-per-process",
+                   "--mode", "mlflow"]
+    experiment = "run-per-process"
+    result = launch(tmp_path, 2, mlflow_server.url, {"POINTS": "5", "MLFLOW_EXPERIMENT_NAME": experiment},
+                    command=per_process)
+    assert result.returncode == 0, result.stdout + result.stderr
+    client = MlflowClient(mlflow_server.url)
+    runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
+    assert all(set(r.data.metrics) >= {"loss"} for r in runs)  # each its own run: no rank suffix
 
 
 # ---------------------------------------------------------------- PostgreSQL + mlflow server

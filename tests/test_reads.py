@@ -11,6 +11,7 @@ The script writes what every read returned, with run ids replaced by the role of
 the run ("run", "child", ...): the three must agree, except where v1 and MLflow
 differ by design (documented in reads.py).
 """
+import io
 import json
 import os
 import sys
@@ -317,3 +318,39 @@ def test_a_v1_run_mlflow_has_no_run_for_is_read_from_v1(mlflow_mode, store, monk
         assert not emu.traffic("metric", run_id=job.id)
         assert job.parent is None
         job.flush()
+
+
+def test_file_names_show_plots_as_the_users_images_not_mlflows_series_files(mlflow_mode, store, tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    run = offline_run()
+    plt.plot([1, 2, 3])
+    run.log_image("curve", plot=plt)
+    plt.plot([3, 2, 1])
+    run.log_image("curve", plot=plt)
+    run.upload_file("notes.txt", io.BytesIO(b"n"))
+    run.flush()
+    stored = {f for f in _all_paths(store, azml_v1_bridge_mlflow_id(run))}
+    assert sum(p.startswith("images/curve+step+") for p in stored) == 4  # MLflow's: png + webp a step
+    assert sorted(run.get_file_names()) == ["curve.png", "curve_1.png", "notes.txt"]
+    run.download_file("curve_1.png", str(tmp_path / "got.png"))
+    assert (tmp_path / "got.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    run.download_files(output_directory=str(tmp_path / "all"))
+    assert sorted(os.listdir(tmp_path / "all")) == ["curve.png", "curve_1.png", "notes.txt"]
+
+
+def azml_v1_bridge_mlflow_id(run):
+    import azml_v1_bridge
+
+    return azml_v1_bridge.mlflow_run_id(run)
+
+
+def _all_paths(client, run_id, path=None):
+    for info in client.list_artifacts(run_id, path):
+        if info.is_dir:
+            yield from _all_paths(client, run_id, info.path)
+        else:
+            yield info.path

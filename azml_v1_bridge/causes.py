@@ -19,7 +19,7 @@ import logging
 import re
 import socket
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from . import config
@@ -74,11 +74,38 @@ _HTTP_CODE = re.compile(r"(?:error code|status code|status|HTTP(?: Error)?|too m
 @dataclass(frozen=True)
 class Cause:
     kind: str          # one of KINDS
-    message: str       # one line: the cause and the fix, credentials redacted
+    message: str       # one line: the store, the cause and the fix, credentials redacted
     transient: bool    # worth retrying
 
     def __str__(self) -> str:
         return self.message
+
+    @property
+    def reason(self) -> str:
+        """The message without the leading "<store>: " (for a line that names the store already)."""
+        return self._reason or self.message
+
+    _reason: str = field(default="", repr=False, compare=False)
+
+
+def _cause(kind: str, store: str, reason: str, transient: bool) -> Cause:
+    return Cause(kind, f"{store}: {reason}", transient, reason)
+
+
+def check_store_modules(uri: str | None) -> Cause | None:
+    """Before the first run: a database store whose SQLAlchemy or alembic is missing (the case
+    MLflow itself reports as "Model registry functionality is unavailable")."""
+    scheme = urlsplit(uri or "").scheme.lower().split("+")[0]
+    if scheme not in DATABASE_SCHEMES:
+        return None
+    absent = _absent(("sqlalchemy", "alembic"))
+    if not absent:
+        return None
+    names = " and ".join(STORE_MODULES[m] for m in absent)
+    one = len(absent) == 1
+    return _cause(MISSING_SQLALCHEMY, config.redact(uri), f"a {scheme}:// store needs {names}, which "
+                                     f"{'is' if one else 'are'} not installed (mlflow-skinny leaves "
+                                     f"{'it' if one else 'them'} out): {STORE_EXTRA}", False)
 
 
 def chain(exc: BaseException) -> list:
@@ -114,7 +141,7 @@ def classify(exc: BaseException, uri: str | None = None) -> Cause:
     # Before the network: a failed sign-in carries the errors of the credential probes it tried.
     signed = _sign_in_failure(excs, lowered)
     if signed is not None:
-        return Cause(AUTH, f"{store}: Azure sign-in failed ({signed}): sign in with `az login`, or give "
+        return _cause(AUTH, store, f"Azure sign-in failed ({signed}): sign in with `az login`, or give "
                            "the job a managed identity or a service principal (AZURE_CLIENT_ID, "
                            "AZURE_TENANT_ID, AZURE_CLIENT_SECRET)", False)
     if missing:  # a plugin (or MLflow itself) that cannot import
@@ -124,68 +151,64 @@ def classify(exc: BaseException, uri: str | None = None) -> Cause:
     if status in (401, 403) or code in ("UNAUTHENTICATED", "PERMISSION_DENIED"):
         status = status or (401 if code == "UNAUTHENTICATED" else 403)
         what = {401: "HTTP 401, not signed in", 403: "HTTP 403, access denied"}[status]
-        return Cause(AUTH, f"{store}: authentication refused ({what}): {CREDENTIALS_HINT}", False)
+        return _cause(AUTH, store, f"authentication refused ({what}): {CREDENTIALS_HINT}", False)
 
     if any(isinstance(e, socket.gaierror) for e in excs) or any(s in lowered for s in _DNS_TEXT):
         name = _host(uri, port=False) or "of the store"
-        return Cause(UNRESOLVED, f"{store}: the host name {name} does not resolve (DNS): check the "
+        return _cause(UNRESOLVED, store, f"the host name {name} does not resolve (DNS): check the "
                                  "spelling of the URI and the network", True)
     if (any(isinstance(e, ConnectionRefusedError) for e in excs)
             or "connection refused" in lowered or "errno 111" in lowered):
-        return Cause(REFUSED, f"{store}: connection refused: nothing listens at {host or 'that address'} "
+        return _cause(REFUSED, store, f"connection refused: nothing listens at {host or 'that address'} "
                               "(is `mlflow server` running, on that port?)", True)
     if (any(isinstance(e, (TimeoutError, socket.timeout)) or "Timeout" in type(e).__name__ for e in excs)
             or any(s in lowered for s in _TIMEOUT_TEXT)):
-        return Cause(TIMEOUT, f"{store}: timed out: the store accepted the connection but did not answer "
+        return _cause(TIMEOUT, store, f"timed out: the store accepted the connection but did not answer "
                               "in time (overloaded or stuck; raise MLFLOW_HTTP_REQUEST_TIMEOUT for a slow "
                               "store)", True)
 
     if "database is locked" in lowered or "database table is locked" in lowered:
-        return Cause(BUSY, f"{store}: the database is locked by another process (several processes "
+        return _cause(BUSY, store, f"the database is locked by another process (several processes "
                            "creating or migrating the same sqlite file); retrying", True)
     found = re.search(r"found version (\w+)", text)
     if found and "out-of-date database schema" in lowered and _unknown_revision(found.group(1)):
-        return Cause(SCHEMA, f"{store}: the database schema does not match this MLflow: a newer MLflow "
+        return _cause(SCHEMA, store, f"the database schema does not match this MLflow: a newer MLflow "
                              f"wrote it (revision {found.group(1)} is unknown here): upgrade MLflow in "
                              "this environment, or use a fresh database", False)
     if "out-of-date database schema" in lowered or "alembic upgrade" in lowered:
-        return Cause(SCHEMA, f"{store}: the database schema is older than this MLflow: back it up, then "
+        return _cause(SCHEMA, store, f"the database schema is older than this MLflow: back it up, then "
                              f"run `mlflow db upgrade {_safe_uri(uri)}`", False)
     if ("can't locate revision" in lowered or "no such table" in lowered or "alembic" in lowered
             or ("already exists" in lowered and "table" in lowered)):
-        return Cause(SCHEMA, f"{store}: the database schema does not match this MLflow (a newer MLflow "
+        return _cause(SCHEMA, store, f"the database schema does not match this MLflow (a newer MLflow "
                              "wrote it, or a migration was interrupted): use the MLflow version that "
                              "created it, or a fresh database", False)
 
     local = _local_path(uri)
     if any(_is_read_only(e, local is not None) for e in excs) or "unable to open database file" in lowered \
             or "readonly database" in lowered or "read-only file system" in lowered:
-        return Cause(READ_ONLY, f"{store}: {unwritable(local)}: point MLFLOW_TRACKING_URI "
+        return _cause(READ_ONLY, store, f"{unwritable(local)}: point MLFLOW_TRACKING_URI "
                                 "at a writable folder", False)
 
     if "unsupported uri" in lowered or "could not find a registered" in lowered:
         scheme = urlsplit(uri or "").scheme.lower() or "this"
-        absent = _absent(("sqlalchemy", "alembic")) if scheme.split("+")[0] in DATABASE_SCHEMES else []
-        if absent:  # MLflow registers its database stores only when SQLAlchemy is importable
-            return Cause(MISSING_SQLALCHEMY, f"{store}: a {scheme}:// store needs "
-                                             f"{' and '.join(STORE_MODULES[m] for m in absent)}, which "
-                                             f"{'is' if len(absent) == 1 else 'are'} not installed "
-                                             f"(mlflow-skinny leaves {'it' if len(absent) == 1 else 'them'} "
-                                             f"out): {STORE_EXTRA}", False)
+        missing_store = check_store_modules(uri)
+        if missing_store is not None:  # MLflow registers its database stores only with SQLAlchemy
+            return missing_store
         broken = _broken_plugin(scheme)
         if broken is not None:
-            return Cause(PLUGIN, f"{store}: {broken}", False)
+            return _cause(PLUGIN, store, f"{broken}", False)
         package = PLUGINS.get(scheme)
         fix = f": pip install {package}" if package else ""
-        return Cause(PLUGIN, f"{store}: no MLflow tracking store for {scheme}:// URIs is installed{fix}", False)
+        return _cause(PLUGIN, store, f"no MLflow tracking store for {scheme}:// URIs is installed{fix}", False)
 
     if status is not None and status >= 500:
-        return Cause(SERVER_ERROR, f"{store}: the server failed (HTTP {status}): see the server's log",
+        return _cause(SERVER_ERROR, store, f"the server failed (HTTP {status}): see the server's log",
                      True)
     if "deadlock detected" in lowered:
-        return Cause(OTHER, f"{store}: an import deadlock between threads while loading MLflow; "
+        return _cause(OTHER, store, f"an import deadlock between threads while loading MLflow; "
                             "retrying", True)
-    return Cause(OTHER, f"{store}: {_first_line(exc)}", True)
+    return _cause(OTHER, store, f"{_first_line(exc)}", True)
 
 
 def _missing_module(e: ImportError, uri: str | None) -> Cause | None:
@@ -202,16 +225,16 @@ def _missing_module(e: ImportError, uri: str | None) -> Cause | None:
             fix += ", or pip install psycopg2-binary and write the URI as postgresql+psycopg2://"
         elif top == "psycopg2":
             fix += f" (the URI then reads {scheme})"
-        return Cause(MISSING_DRIVER, f"{store}: the database driver {top} is not installed: {fix}", False)
+        return _cause(MISSING_DRIVER, store, f"the database driver {top} is not installed: {fix}", False)
     if top in STORE_MODULES:
-        return Cause(MISSING_SQLALCHEMY, f"{store}: a database store needs {STORE_MODULES[top]}, which is not "
+        return _cause(MISSING_SQLALCHEMY, store, f"a database store needs {STORE_MODULES[top]}, which is not "
                                          f"installed (mlflow-skinny leaves it out): {STORE_EXTRA}", False)
     if not top:
         return None
     # Any other missing module on the way into a plugin or MLflow itself.
     package = next((p for s, p in PLUGINS.items() if uri and uri.lower().startswith(s + ":")), None)
     plugin = f" (the {package} plugin)" if package else ""
-    return Cause(PLUGIN, f"{store}: importing the tracking store{plugin} failed: no module named "
+    return _cause(PLUGIN, store, f"importing the tracking store{plugin} failed: no module named "
                          f"{name!r}: pip install the package that provides it", False)
 
 
@@ -274,7 +297,7 @@ def check_local_store(uri: str | None) -> Cause | None:
     reason = unwritable(path)
     if reason.startswith("cannot create or write"):
         return None
-    return Cause(READ_ONLY, f"{config.redact(uri)}: {reason}: point MLFLOW_TRACKING_URI at a writable "
+    return _cause(READ_ONLY, config.redact(uri), f"{reason}: point MLFLOW_TRACKING_URI at a writable "
                             "folder", False)
 
 

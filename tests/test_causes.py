@@ -223,15 +223,17 @@ def test_sqlite_without_sqlalchemy_names_the_extra(tmp_path):
     assert "Model registry" not in cause.message
 
 
-def test_a_plugin_that_cannot_import_is_named(tmp_path):
-    # A real installed plugin (entry point in a dist-info) whose module imports a missing package.
+def test_a_plugin_that_cannot_import_is_named(tmp_path, monkeypatch):
+    # A real installed plugin (entry point in a dist-info) whose module imports a missing package;
+    # MLflow turns that into a warning and "unsupported URI".
     info = tmp_path / "brokenstore_plugin-1.0.dist-info"
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: brokenstore-plugin\nVersion: 1.0\n")
     (info / "entry_points.txt").write_text("[mlflow.tracking_store]\nbrokenstore = brokenstore_plugin:Store\n")
     (tmp_path / "brokenstore_plugin.py").write_text("import a_dependency_nobody_installed\n")
-    cause = classify_in_child("brokenstore://host/db", env={"PYTHONPATH": f"{ROOT}{os.pathsep}{tmp_path}",
-                                                           "PYTHONWARNINGS": "ignore"})
+    monkeypatch.syspath_prepend(str(tmp_path))
+    uri = "brokenstore://host/db"
+    cause = causes.classify(failure(uri), uri)
     assert cause.kind == causes.PLUGIN
     assert ("the MLflow plugin for brokenstore:// URIs (brokenstore-plugin) is installed but cannot be "
             "imported (ModuleNotFoundError") in cause.message

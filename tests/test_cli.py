@@ -282,8 +282,9 @@ def test_doctor_names_an_unreachable_store_and_hides_its_password(tmp_path):
     result = launch(cli() + ["doctor", "--timeout", "3"], tmp_path, env={"MLFLOW_TRACKING_URI": uri})
     assert result.returncode == 1
     problems = result.stderr.strip().splitlines()
-    assert problems == [f"azml-v1-bridge doctor: problem: tracking store http://***@127.0.0.1:{port} "
-                        "does not answer: connection refused"]
+    assert problems == [f"azml-v1-bridge doctor: problem: tracking store http://***@127.0.0.1:{port}: "
+                        f"connection refused: nothing listens at 127.0.0.1:{port} (is `mlflow server` "
+                        "running, on that port?)"]
     assert PASSWORD not in result.stdout + result.stderr
 
 
@@ -346,4 +347,4 @@ def test_unknown_and_missing_subcommands(capsys):
 
     assert cli_module.main(["frobnicate"]) == 2
     assert cli_module._delegate("no_such_tool", []) == 2
-    assert "azml_v1_bridge.no_such_tool is missing" in capsys.readouterr().err
+    assert "azml_v1_bridge_tools.no_such_tool is missing" in capsys.readouterr().err

@@ -212,12 +212,24 @@ def classify(exc: BaseException, uri: str | None = None) -> Cause:
 
 
 def _missing_module(e: ImportError, uri: str | None) -> Cause | None:
+    store = config.redact(uri) if uri else "the tracking store"
+    wanted = re.search(r"cannot import name '([^']+)' from '([^']+)'", str(e))
+    if wanted and wanted.group(2).split(".")[0] in STORE_MODULES:
+        # Installed, but not a version this MLflow can use (MLflow < 3.9 with SQLAlchemy 2.1).
+        module = wanted.group(2).split(".")[0]
+        fix = ("pip install 'sqlalchemy<2.1', or MLflow 3.9 or later" if wanted.group(1) ==
+               "FallbackAsyncAdaptedQueuePool" else f"install the {STORE_MODULES[module]} version this "
+               "MLflow supports")
+        return _cause(MISSING_SQLALCHEMY, store, f"this MLflow cannot use the installed "
+                                                 f"{STORE_MODULES[module]} {_version(module)} (cannot import "
+                                                 f"{wanted.group(1)}): {fix}", False)
+    if not isinstance(e, ModuleNotFoundError) and wanted:
+        return None  # an incompatible version of something else: the text says it
     name = (getattr(e, "name", None) or "")
     if not name:
         match = re.search(r"No module named '([^']+)'", str(e))
         name = match.group(1) if match else ""
     top = name.split(".")[0]
-    store = config.redact(uri) if uri else "the tracking store"
     if top in DRIVERS:
         package, scheme = DRIVERS[top]
         fix = f"pip install '{package}'" if "[" in package else f"pip install {package}"
@@ -354,6 +366,15 @@ def _unknown_revision(revision: str) -> bool:
     except (ImportError, ValueError, OSError):
         return False
     return bool(names) and not any(name.startswith(revision) for name in names)
+
+
+def _version(distribution: str) -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version(distribution)
+    except Exception:
+        return "(version unknown)"
 
 
 def _absent(modules) -> list:

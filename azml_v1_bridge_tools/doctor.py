@@ -33,10 +33,16 @@ DEFAULT_TIMEOUT = 60.0  # a cold store (server starting, first migration) can ta
 DEFAULT_SLOW = 5.0      # answered, but after this long: said to be slow
 
 
+LABEL_WIDTH = len("tracking store")  # the longest label: lines print as they are found
+HEADER = "azml-v1-bridge doctor"
+
+
 class Doctor:
-    def __init__(self, timeout: float = DEFAULT_TIMEOUT, slow: float = DEFAULT_SLOW):
+    def __init__(self, timeout: float = DEFAULT_TIMEOUT, slow: float = DEFAULT_SLOW, stream=None):
         self.timeout = timeout
         self.slow = slow
+        self.stream = stream  # where to print each line as soon as it is known (else render() has all)
+        self.started = False
         self.lines: list[tuple[str, str]] = []
         self.notes: list[str] = []
         self.problems: list[str] = []
@@ -48,6 +54,20 @@ class Doctor:
 
     def info(self, label: str, text: str) -> None:
         self.lines.append((label, text))
+        if self.stream is not None:
+            self.stream.write(self.scrub(self._line(label, text)) + "\n")
+            self.stream.flush()
+
+    @staticmethod
+    def _line(label: str, text: str) -> str:
+        return f"  {label.ljust(LABEL_WIDTH)}  {text}"
+
+    def start(self) -> None:
+        """The first line at once: the checks after it load MLflow and azureml (seconds)."""
+        if self.stream is not None and not self.started:
+            self.stream.write(HEADER + "\n")
+            self.stream.flush()
+        self.started = True
 
     def note(self, text: str) -> None:
         self.notes.append(text)
@@ -62,9 +82,8 @@ class Doctor:
         return text
 
     def render(self) -> tuple[str, str]:
-        width = max(len(label) for label, _ in self.lines) if self.lines else 0
-        out = ["azml-v1-bridge doctor"]
-        out += [f"  {label.ljust(width)}  {text}" for label, text in self.lines]
+        """stdout and stderr text; stdout without the lines already streamed."""
+        out = [] if self.stream is not None else [HEADER] + [self._line(l, t) for l, t in self.lines]
         if self.notes:
             out.append("notes:")
             out += [f"  - {n}" for n in self.notes]
@@ -80,6 +99,7 @@ class Doctor:
 
     def run(self) -> None:
         self.collect_secrets()
+        self.start()
         cfg = self.check_config()
         self.check_tracking_uri()
         self.check_versions()
@@ -135,17 +155,17 @@ class Doctor:
 
         parts = [f"Python {sys.version.split()[0]}"]
         for label, names in DISTRIBUTIONS:
-            version = None
+            version = found = None
             for name in names:
                 try:
-                    version = metadata.version(name)
+                    version, found = metadata.version(name), name
                     break
                 except metadata.PackageNotFoundError:
                     continue
-            parts.append(f"{label} {version or 'NOT INSTALLED'}")
+            parts.append(f"{found or label} {version or 'NOT INSTALLED'}")
             if version is None:
                 self.problem(f"{label} is not installed in this Python ({sys.executable})")
-        parts.append(f"azml_v1_bridge {__version__} ({os.path.dirname(os.path.abspath(__file__))})")
+        parts.append(f"azml_v1_bridge {__version__} ({os.path.dirname(os.path.abspath(config.__file__))})")
         self.info("versions", ", ".join(parts))
 
     def check_methods(self, cfg) -> None:
@@ -214,13 +234,16 @@ class Doctor:
             if local is not None and not os.path.exists(local):
                 self.info("tracking store", f"{local} does not exist yet; MLflow creates it on the first run")
                 return
+        try:  # loading MLflow takes seconds on a busy machine: not the store's time
+            from mlflow.tracking import MlflowClient
+        except Exception as exc:
+            self.problem(f"tracking store {causes.classify(exc, uri).message}")
+            return
         result: dict = {}
         answered = threading.Event()
 
         def probe():
             try:
-                from mlflow.tracking import MlflowClient
-
                 client = MlflowClient(tracking_uri=uri)
                 client.search_experiments(max_results=1)
                 result["client"] = client
@@ -250,7 +273,7 @@ class Doctor:
                 self.note(f"the tracking store took {took:.1f}s to answer (a cold start or a loaded "
                           "store): slow, not down; the bridge's writer retries, so data still lands")
             else:
-                self.info("tracking store", f"answers ({scheme or 'file'}, {took:.1f}s)")
+                self.info("tracking store", f"answers ({scheme or 'file'}) in {took:.1f}s")
 
     def check_destination(self) -> None:
         """Which experiment and run a v1 script would land in, and why (runs.py's order)."""
@@ -392,6 +415,9 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"an answer later than this is reported as slow (default {DEFAULT_SLOW:g})")
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     cli.apply_config_options(args, os.environ)
+    doctor = Doctor(args.timeout, args.slow, stream=sys.stdout)
+    doctor.collect_secrets()
+    doctor.start()
     try:  # the options may change the mode: patch (or not) as a script would
         from azml_v1_bridge import patch
 
@@ -400,7 +426,6 @@ def main(argv: list[str] | None = None) -> int:
         pass  # reported by check_config
     except Exception:
         pass  # reported by check_methods
-    doctor = Doctor(args.timeout, args.slow)
     doctor.run()
     out, err = doctor.render()
     sys.stdout.write(out)

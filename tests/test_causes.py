@@ -376,3 +376,16 @@ def test_sign_in_noise_becomes_one_line_and_other_records_pass(caplog):
     assert ("azure.identity._credentials.default", "EnvironmentCredential.get_token failed") in by_logger
     assert not any("Attempted credentials" in m for _, m in by_logger)
     assert logging.getLogger("azure.identity").propagate and logging.getLogger("azureml").propagate
+
+
+def test_sqlalchemy_too_new_for_an_older_mlflow(tmp_path):
+    # MLflow < 3.9 imports a pool class SQLAlchemy 2.1 removed: the same import, really failing.
+    sqlalchemy = pytest.importorskip("sqlalchemy")
+    if not sqlalchemy.__version__.startswith("2.1"):
+        pytest.skip("needs SQLAlchemy 2.1")
+    with pytest.raises(ImportError) as info:
+        from sqlalchemy.pool import FallbackAsyncAdaptedQueuePool  # noqa: F401
+    cause = causes.classify(info.value, f"sqlite:///{tmp_path}/mlflow.db")
+    assert cause.kind == causes.MISSING_SQLALCHEMY
+    assert (f"this MLflow cannot use the installed SQLAlchemy {sqlalchemy.__version__} (cannot import "
+            "FallbackAsyncAdaptedQueuePool): pip install 'sqlalchemy<2.1', or MLflow 3.9 or later") in cause.message

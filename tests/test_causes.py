@@ -205,7 +205,8 @@ def test_postgresql_without_its_driver_names_the_package_and_the_scheme(monkeypa
     uri = f"postgresql://alice:{PASSWORD}@127.0.0.1:{free_port()}/mlflow"
     cause = causes.classify(failure(uri), uri)
     assert cause.kind == causes.MISSING_DRIVER and not cause.transient
-    assert "pip install psycopg2-binary and write the URI as postgresql+psycopg2://" in cause.message
+    # SQLAlchemy 2.1 loads psycopg (3) for postgresql://, 2.0 psycopg2: either way both are named.
+    assert "psycopg2-binary" in cause.message and "postgresql+psycopg2://" in cause.message
     assert PASSWORD not in cause.message
     uri2 = f"postgresql+psycopg2://alice:{PASSWORD}@127.0.0.1:{free_port()}/mlflow"
     cause = causes.classify(failure(uri2), uri2)
@@ -282,7 +283,12 @@ def test_a_schema_from_a_newer_mlflow(empty_store_file, tmp_path):
 def test_cannot_create_the_sqlite_file(tmp_path):
     (tmp_path / "data").write_text("a file where a folder should be")
     uri = f"sqlite:///{tmp_path}/data/mlflow.db"
-    cause = causes.classify(failure(uri), uri)
+    # SQLAlchemy, as MLflow's store opens it (MLflow itself retries this for up to a minute).
+    import sqlalchemy
+
+    with pytest.raises(Exception) as info:
+        sqlalchemy.create_engine(uri).connect()
+    cause = causes.classify(info.value, uri)
     assert cause.kind == causes.READ_ONLY and not cause.transient
     assert f"cannot create {tmp_path}/data/mlflow.db: {tmp_path}/data is a file, not a folder" in cause.message
     assert causes.check_local_store(uri).message == cause.message
@@ -389,3 +395,30 @@ def test_sqlalchemy_too_new_for_an_older_mlflow(tmp_path):
     assert cause.kind == causes.MISSING_SQLALCHEMY
     assert (f"this MLflow cannot use the installed SQLAlchemy {sqlalchemy.__version__} (cannot import "
             "FallbackAsyncAdaptedQueuePool): pip install 'sqlalchemy<2.1', or MLflow 3.9 or later") in cause.message
+
+
+# ---------------------------------------------------------------- the same causes in replay
+
+def test_replay_names_the_cause(tmp_path):
+    from conftest import run_script
+
+    journal = tmp_path / "spill.jsonl"
+    dead = f"http://127.0.0.1:{free_port()}"
+    result = run_script("""
+        import azml_v1_bridge
+        from azureml.core import Run
+        Run.get_context().log("m", 1.0)
+    """, tmp_path, env={"MLFLOW_TRACKING_URI": dead, "AZML_V1_BRIDGE_JOURNAL": str(journal),
+                        "AZML_V1_BRIDGE_RETRY_SECONDS": "0.2", "AZML_V1_BRIDGE_STRICT": "0",
+                        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"})
+    assert result.returncode == 0, result.stderr
+    assert journal.exists(), result.stderr
+    port = free_port()
+    replay = subprocess.run([sys.executable, "-m", "azml_v1_bridge_tools.cli", "replay", str(journal),
+                             "--tracking-uri", f"http://alice:{PASSWORD}@127.0.0.1:{port}"],
+                            env=dict(os.environ, PYTHONPATH=ROOT, MLFLOW_HTTP_REQUEST_MAX_RETRIES="0"),
+                            capture_output=True, text=True, timeout=180)
+    assert replay.returncode == 1
+    assert (f": http://***@127.0.0.1:{port}: connection refused: nothing listens at 127.0.0.1:{port}"
+            in replay.stderr), replay.stderr
+    assert PASSWORD not in replay.stdout + replay.stderr

@@ -142,3 +142,25 @@ def test_scan_without_libcst_names_the_extra(tmp_path):
     """, tmp_path)
     assert result.returncode == 2
     assert result.stderr.strip() == "azml-v1-bridge: scan needs libcst: pip install 'azml_v1_bridge[tools]'"
+
+
+def test_a_run_without_matplotlib_keeps_the_json_and_its_report_names_the_extra(store, tmp_path):
+    from conftest import run_script
+
+    result = run_script("""
+        import sys
+        sys.modules["matplotlib"] = None  # not installed, as far as this process can tell
+        import azml_v1_bridge
+        from azureml.core import Run
+        run = Run.get_context()
+        run.log_confusion_matrix("cm", {"schema_type": "confusion_matrix", "schema_version": "1.0.0",
+                                        "data": {"class_labels": ["a", "b"], "matrix": [[3, 1], [0, 4]]}})
+    """, tmp_path)
+    assert result.returncode == 0, result.stderr
+    (run,) = store.search_runs([e.experiment_id for e in store.search_experiments()])
+    paths = {f.path for f in store.list_artifacts(run.info.run_id)}
+    assert "cm.json" in paths and "cm.png" not in paths
+    local = store.download_artifacts(run.info.run_id, "azml_v1_bridge/report.json", str(tmp_path))
+    notes = json.load(open(local, encoding="utf-8"))["notes"]
+    (note,) = [n for n in notes if n["what"] == "chart_skipped"]
+    assert "charts need matplotlib: pip install 'azml_v1_bridge[charts]'" in note["detail"]

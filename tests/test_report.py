@@ -6,6 +6,8 @@ one test runs a script under the launcher to check the counts of a whole process
 import json
 import sys
 
+import pytest
+
 from conftest import run_script
 
 REPORT = "azml_v1_bridge/report.json"
@@ -180,6 +182,7 @@ def test_report_says_where_the_data_went(bridge, store, monkeypatch, capfd):
     assert f"    view: mlflow ui --backend-store-uri {uri}\n" in err
 
 
+@pytest.mark.server
 def test_report_links_the_run_on_a_server_without_the_password(mlflow_server, tmp_path):
     from mlflow.tracking import MlflowClient
 

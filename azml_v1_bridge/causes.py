@@ -10,7 +10,7 @@ or connection error from the credential probes it tried (managed identity,
 the IMDS endpoint), so authentication is decided before the network; a
 missing module is decided before the text of the message.
 
-`quiet_azure_sign_in()` installs a logging filter that turns the dozens of
+`quiet_azure_sign_in()` installs a logging handler that turns the dozens of
 lines azure.identity / msal / azureml log on a failed sign-in into one line.
 """
 from __future__ import annotations
@@ -54,14 +54,14 @@ STORE_MODULES = {"sqlalchemy": "SQLAlchemy", "alembic": "alembic", "sqlparse": "
 STORE_EXTRA = "pip install 'azml_v1_bridge[sqlite]'"
 DATABASE_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
 # Schemes served by a plugin package, for "no store for this scheme".
-PLUGINS = {"azureml": "azureml-mlflow", "databricks": "databricks-sdk", "databricks-uc": "databricks-sdk"}
+PLUGINS = {"azureml": "azureml-mlflow"}
 CREDENTIALS_HINT = ("check the credentials (MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD "
                     "or MLFLOW_TRACKING_TOKEN)")
 
 _DNS_TEXT = ("name or service not known", "nodename nor servname", "temporary failure in name resolution",
              "failed to resolve", "getaddrinfo failed", "no address associated with hostname",
              "nameresolutionerror")
-_TIMEOUT_TEXT = ("timed out", "read timeout", "timeout")
+_TIMEOUT_TEXT = ("timed out", "read timeout", "connect timeout", "timeouterror")
 _SIGN_IN_MODULES = ("azure.identity", "azure.core.exceptions", "msal", "adal", "azureml._base_sdk_common",
                     "azureml.exceptions", "azureml.core.authentication", "azureml.mlflow")
 _SIGN_IN_TEXT = ("failed to retrieve a token", "defaultazurecredential", "az login", "aadsts",
@@ -168,8 +168,9 @@ def classify(exc: BaseException, uri: str | None = None) -> Cause:
                               "store)", True)
 
     if "database is locked" in lowered or "database table is locked" in lowered:
-        return _cause(BUSY, store, f"the database is locked by another process (several processes "
-                           "creating or migrating the same sqlite file); retrying", True)
+        return _cause(BUSY, store, "the database is locked by another process (several processes creating "
+                                   "or migrating the same sqlite file at once): it passes once that process "
+                                   "is done", True)
     found = re.search(r"found version (\w+)", text)
     if found and "out-of-date database schema" in lowered and _unknown_revision(found.group(1)):
         return _cause(SCHEMA, store, f"the database schema does not match this MLflow: a newer MLflow "

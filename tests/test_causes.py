@@ -422,3 +422,23 @@ def test_replay_names_the_cause(tmp_path):
     assert (f": http://***@127.0.0.1:{port}: connection refused: nothing listens at 127.0.0.1:{port}"
             in replay.stderr), replay.stderr
     assert PASSWORD not in replay.stdout + replay.stderr
+
+
+def test_a_locked_sqlite_store_is_busy_and_transient(empty_store_file, tmp_path):
+    # Another process holds the database (as during a concurrent migration). SQLAlchemy as
+    # MLflow's store uses it, with a short busy timeout (MLflow's own waits ~20 s).
+    import sqlalchemy
+
+    shutil.copyfile(empty_store_file, tmp_path / "busy.db")
+    holder = sqlite3.connect(tmp_path / "busy.db", isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    uri = f"sqlite:///{tmp_path}/busy.db"
+    try:
+        engine = sqlalchemy.create_engine(uri, connect_args={"timeout": 0.1})
+        with pytest.raises(Exception) as info, engine.connect() as conn:
+            conn.exec_driver_sql("SELECT count(*) FROM experiments").fetchall()
+    finally:
+        holder.close()
+    cause = causes.classify(info.value, uri)
+    assert cause.kind == causes.BUSY and cause.transient
+    assert "the database is locked by another process" in cause.message

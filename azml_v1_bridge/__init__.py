@@ -12,10 +12,7 @@ from __future__ import annotations
 
 import sys
 
-from .bridge import BridgeError, flush, mlflow_run_id
 from .config import MODES, ConfigError
-from .lifecycle import finish
-from .patch import disable, enable, is_enabled
 
 __version__ = "0.2.0"
 
@@ -36,7 +33,22 @@ def _started_as_cli() -> bool:
                for i in range(len(orig) - 1))
 
 
-if not _imported_by_tools():
+if _imported_by_tools():
+    # Loaded on first use: `azml-v1-bridge --help` must not pay for wrapt and the writer.
+    _LAZY = {"BridgeError": "bridge", "finish": "lifecycle", "flush": "bridge", "mlflow_run_id": "bridge",
+             "disable": "patch", "enable": "patch", "is_enabled": "patch"}
+
+    def __getattr__(name):
+        if name in _LAZY:
+            import importlib
+
+            return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+else:
+    from .bridge import BridgeError, flush, mlflow_run_id
+    from .lifecycle import finish
+    from .patch import disable, enable, is_enabled
+
     try:
         enable()
     except ConfigError:

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Optional
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from matplotlib.figure import Figure
 
-__all__ = ["ChartError", "SCHEMAS", "build_figure", "render_png"]
+__all__ = ["ChartError", "ChartsUnavailable", "SCHEMAS", "build_figure", "render_png"]
 
 SCHEMAS = ("confusion_matrix", "accuracy_table", "residuals", "predictions")
 
@@ -44,6 +44,20 @@ _MAX_TICK_LABELED_CLASSES = 60
 
 class ChartError(ValueError):
     """The v1 metric JSON cannot be drawn; the message says what is wrong."""
+
+
+class ChartsUnavailable(ImportError):
+    """matplotlib or numpy is not installed (they are the `charts` extra)."""
+
+
+def _require_libraries() -> None:
+    # Named at the moment a chart is needed: the runtime itself does not depend on them.
+    for module in ("matplotlib", "numpy"):
+        try:
+            __import__(module)
+        except ImportError as exc:
+            raise ChartsUnavailable(f"charts need {module}: pip install 'azml_v1_bridge[charts]'",
+                                    name=module) from exc
 
 
 # --------------------------------------------------------------------------
@@ -446,6 +460,7 @@ def build_figure(obj: dict, title: Optional[str] = None) -> "Figure":
         raise ChartError("%s: 'data' must be a dict, got %s" % (schema, _describe(data)))
     if title is not None and not isinstance(title, str):
         title = str(title)
+    _require_libraries()
     return builder(data, title)
 
 

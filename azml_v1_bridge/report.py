@@ -16,6 +16,7 @@ import json
 import os
 import socket
 import sys
+from urllib.parse import urlsplit, urlunsplit
 
 from . import config
 from .ops import Artifact
@@ -95,14 +96,18 @@ def build(records, stats_list, cfg, journal: str | None) -> dict:
         for note in stats.notes:
             _add_note(notes, note)
     parent = first.parent.mlflow_run_id if first.parent is not None else None
+    experiment_id = first.experiment_id or (None if first.adopted or first.experiment_name else "0")
+    uri = public_uri(first.tracking_uri)
     return {
         "schema": SCHEMA,
         "mlflow_run_id": first.mlflow_run_id,
         "v1_run_ids": [r.v1_id for r in records],
         "parent_mlflow_run_id": parent,
         # None and no name: the writer used MLflow's default experiment.
-        "experiment_id": first.experiment_id or (None if first.adopted or first.experiment_name else "0"),
+        "experiment_id": experiment_id,
         "experiment_name": first.experiment_name,
+        "tracking_uri": uri,
+        "run_url": run_url(uri, experiment_id, first.mlflow_run_id),
         "mode": _mode(),
         "process": {"host": socket.gethostname(), "pid": os.getpid(), "rank": cfg.rank,
                     "argv0": os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else None},
@@ -117,6 +122,50 @@ def build(records, stats_list, cfg, journal: str | None) -> dict:
         "journaled": journaled,
         "journal": journal if journaled else None,
     }
+
+
+def public_uri(uri: str | None) -> str | None:
+    """The tracking URI without user:password (the report is shared; the journal does the same)."""
+    if not uri:
+        return uri
+    try:
+        parts = urlsplit(uri)
+        if parts.netloc and "@" in parts.netloc:
+            return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
+    except ValueError:
+        pass
+    return config.redact(uri)
+
+
+def run_url(uri: str | None, experiment_id: str | None, run_id: str | None) -> str | None:
+    """The run's page in the MLflow UI of a tracking server (http/https); None for other stores."""
+    if not uri or not run_id or urlsplit(uri).scheme.lower() not in ("http", "https"):
+        return None
+    base = uri.rstrip("/")
+    if experiment_id is None:
+        return f"{base}/#/runs/{run_id}"  # the UI finds the experiment itself
+    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+def _where(r: dict) -> list:
+    """Where the run's data went: the store, the experiment, and a link or how to look."""
+    uri = r.get("tracking_uri")
+    if not uri:
+        return []
+    if r.get("experiment_name") and r.get("experiment_id"):
+        experiment = f"{r['experiment_name']!r} (id {r['experiment_id']})"
+    elif r.get("experiment_name"):
+        experiment = repr(r["experiment_name"])
+    elif r.get("experiment_id"):
+        experiment = f"id {r['experiment_id']}"
+    else:
+        experiment = "the run's own"
+    lines = [f"    tracking URI: {uri}; experiment: {experiment}"]
+    if r.get("run_url"):
+        lines.append(f"    view: {r['run_url']}")
+    elif urlsplit(uri).scheme.lower() in ("sqlite", "file", ""):
+        lines.append(f"    view: mlflow ui --backend-store-uri {uri}")
+    return lines
 
 
 def _add_note(notes: dict, note: dict) -> None:
@@ -156,6 +205,7 @@ def render(reports: list) -> str:
            line(header)]
     for r, row in zip(reports, rows):
         out.append(line(row))
+        out.extend(_where(r))
         if r["calls"]:
             out.append("    calls: " + ", ".join(f"{k} {v}" for k, v in r["calls"].items()))
         renamed = list(r["renamed"].items())
@@ -214,6 +264,9 @@ def merge(parts: list) -> dict:
         "v1_run_ids": [v for p in parts for v in p.get("v1_run_ids", [])],
         "parent_mlflow_run_id": None,
         "experiment_id": first.get("experiment_id"),
+        "experiment_name": first.get("experiment_name"),
+        "tracking_uri": first.get("tracking_uri"),
+        "run_url": first.get("run_url"),
         "mode": first.get("mode"),
         "processes": [p.get("process") for p in parts],
         "calls": dict(sorted(calls.items(), key=lambda kv: (-kv[1], kv[0]))),

@@ -15,6 +15,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -29,6 +31,8 @@ DELEGATED = {
     "scan": "list the v1 calls in a code base and how each maps to MLflow",
     "migrate": "rewrite v1 calls to MLflow calls",
 }
+# A module a tool needs that is an extra of the package: module -> (package, extra).
+OPTIONAL = {"libcst": ("libcst", "tools")}
 # Signals the launcher passes on to COMMAND while it waits.
 FORWARDED = ("SIGTERM", "SIGHUP", "SIGINT", "SIGQUIT", "SIGUSR1", "SIGUSR2")
 # Sent by a terminal to its whole foreground process group: COMMAND has it already.
@@ -68,6 +72,7 @@ def _usage(out) -> None:
         "  doctor [OPTIONS]                   show the resolved configuration and check it; non-zero exit on problems",
     ]
     lines += [f"  {name:<34} {what}" for name, what in DELEGATED.items()]
+    lines += ["", "options:", f"  {'-h, --help':<34} show this help", f"  {'--version':<34} print the version and exit"]
     lines += ["", f"`{PROG} COMMAND --help` tells more. `python -m azml_v1_bridge script.py ARGS` runs one "
               "script with the bridge."]
     out.write("\n".join(lines) + "\n")
@@ -78,6 +83,10 @@ def _delegate(name: str, argv: list[str]) -> int:
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
+        if exc.name in OPTIONAL and exc.name != module_name:  # an extra that is not installed
+            package, extra = OPTIONAL[exc.name]
+            print(f"{PROG}: {name} needs {package}: pip install 'azml_v1_bridge[{extra}]'", file=sys.stderr)
+            return 2
         if exc.name != module_name:
             raise
         print(f"{PROG}: the `{name}` command is not available in this installation "
@@ -166,6 +175,7 @@ def run_command(argv: list[str]) -> int:
     except config.ConfigError as exc:
         print(f"{PROG} run: {exc}", file=sys.stderr)
         return 2
+    command = bridged_python(command, env)
     env[config.PYTHONPATH] = with_bootstrap(env.get(config.PYTHONPATH))
     if args.one_run and args.run_per_process:
         print(f"{PROG} run: --one-run and --run-per-process exclude each other", file=sys.stderr)
@@ -179,6 +189,42 @@ def run_command(argv: list[str]) -> int:
     if shared is not None:
         end_shared_run(shared, code, env)
     return code
+
+
+_BARE_PYTHON = re.compile(r"python(3(\.\d+)?)?")
+
+
+def bridged_python(command: list[str], env: dict) -> list[str]:
+    """`python`/`python3` as COMMAND runs the first one on PATH: from a venv that is not
+    activated that is another interpreter, without the bridge. Then COMMAND runs on the
+    launcher's own interpreter instead (which has the bridge), and a note names both."""
+    word = command[0]
+    if os.sep in word or not _BARE_PYTHON.fullmatch(word):
+        return command
+    found = shutil.which(word, path=env.get("PATH", os.defpath))
+    if found is None or _same_folder(found, sys.executable):  # this very environment
+        return command
+    probe_env = dict(env)
+    probe_env.pop("PYTHONSTARTUP", None)
+    try:
+        probe = subprocess.run([found, "-c", "import importlib.util as u, sys; "
+                                "sys.exit(0 if u.find_spec('azml_v1_bridge') else 3)"],
+                               env=probe_env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, timeout=10)
+        bridged = probe.returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        bridged = False
+    if bridged:
+        return command
+    print(f"{PROG} run: `{word}` on PATH is {found}, which cannot import azml_v1_bridge; running "
+          f"COMMAND with the launcher's own interpreter {sys.executable} instead (give a full path "
+          "to choose another)", file=sys.stderr)
+    return [sys.executable] + command[1:]
+
+
+def _same_folder(a: str, b: str) -> bool:
+    # Not samefile: a venv's python is a symlink to the base interpreter, with other packages.
+    return os.path.dirname(os.path.abspath(a)) == os.path.dirname(os.path.abspath(b))
 
 
 def execute(command: list[str], env: dict) -> int:
@@ -311,8 +357,11 @@ def end_shared_run(shared: SharedRun, code: int, env: dict) -> None:
     try:
         parts = _report_parts(shared)
         if parts:
+            uri = report.public_uri(shared.uri)
             merged_report = dict(report.merge(parts), mlflow_run_id=shared.run_id,
-                                 experiment_id=shared.experiment_id, status=status, exit_code=code)
+                                 experiment_id=shared.experiment_id, status=status, exit_code=code,
+                                 tracking_uri=uri, run_url=report.run_url(uri, shared.experiment_id,
+                                                                          shared.run_id))
             shared.client.log_text(shared.run_id, report._dump(merged_report).decode("utf-8"),
                                    report.ARTIFACT)
             merged = len(parts)

@@ -12,10 +12,11 @@ import argparse
 import os
 import sys
 import threading
+import time
 from importlib import metadata
 from urllib.parse import unquote, urlsplit
 
-from azml_v1_bridge import config
+from azml_v1_bridge import causes, config
 
 from . import cli
 
@@ -28,9 +29,20 @@ MODE_MEANING = {
 }
 
 
+DEFAULT_TIMEOUT = 60.0  # a cold store (server starting, first migration) can take tens of seconds
+DEFAULT_SLOW = 5.0      # answered, but after this long: said to be slow
+
+
+LABEL_WIDTH = len("tracking store")  # the longest label: lines print as they are found
+HEADER = "azml-v1-bridge doctor"
+
+
 class Doctor:
-    def __init__(self, timeout: float):
+    def __init__(self, timeout: float = DEFAULT_TIMEOUT, slow: float = DEFAULT_SLOW, stream=None):
         self.timeout = timeout
+        self.slow = slow
+        self.stream = stream  # where to print each line as soon as it is known (else render() has all)
+        self.started = False
         self.lines: list[tuple[str, str]] = []
         self.notes: list[str] = []
         self.problems: list[str] = []
@@ -42,6 +54,20 @@ class Doctor:
 
     def info(self, label: str, text: str) -> None:
         self.lines.append((label, text))
+        if self.stream is not None:
+            self.stream.write(self.scrub(self._line(label, text)) + "\n")
+            self.stream.flush()
+
+    @staticmethod
+    def _line(label: str, text: str) -> str:
+        return f"  {label.ljust(LABEL_WIDTH)}  {text}"
+
+    def start(self) -> None:
+        """The first line at once: the checks after it load MLflow and azureml (seconds)."""
+        if self.stream is not None and not self.started:
+            self.stream.write(HEADER + "\n")
+            self.stream.flush()
+        self.started = True
 
     def note(self, text: str) -> None:
         self.notes.append(text)
@@ -56,9 +82,8 @@ class Doctor:
         return text
 
     def render(self) -> tuple[str, str]:
-        width = max(len(label) for label, _ in self.lines) if self.lines else 0
-        out = ["azml-v1-bridge doctor"]
-        out += [f"  {label.ljust(width)}  {text}" for label, text in self.lines]
+        """stdout and stderr text; stdout without the lines already streamed."""
+        out = [] if self.stream is not None else [HEADER] + [self._line(l, t) for l, t in self.lines]
         if self.notes:
             out.append("notes:")
             out += [f"  - {n}" for n in self.notes]
@@ -74,6 +99,7 @@ class Doctor:
 
     def run(self) -> None:
         self.collect_secrets()
+        self.start()
         cfg = self.check_config()
         self.check_tracking_uri()
         self.check_versions()
@@ -129,17 +155,17 @@ class Doctor:
 
         parts = [f"Python {sys.version.split()[0]}"]
         for label, names in DISTRIBUTIONS:
-            version = None
+            version = found = None
             for name in names:
                 try:
-                    version = metadata.version(name)
+                    version, found = metadata.version(name), name
                     break
                 except metadata.PackageNotFoundError:
                     continue
-            parts.append(f"{label} {version or 'NOT INSTALLED'}")
+            parts.append(f"{found or label} {version or 'NOT INSTALLED'}")
             if version is None:
                 self.problem(f"{label} is not installed in this Python ({sys.executable})")
-        parts.append(f"azml_v1_bridge {__version__} ({os.path.dirname(os.path.abspath(__file__))})")
+        parts.append(f"azml_v1_bridge {__version__} ({os.path.dirname(os.path.abspath(config.__file__))})")
         self.info("versions", ", ".join(parts))
 
     def check_methods(self, cfg) -> None:
@@ -199,41 +225,55 @@ class Doctor:
             self.problem("no tracking URI could be resolved")
             return
         scheme = urlsplit(uri).scheme.lower()
-        if scheme in ("", "file") or scheme == "sqlite":
+        for early in (causes.check_store_modules(uri), causes.check_local_store(uri)):
+            if early is not None:  # MLflow would say "unsupported URI", or retry for a minute
+                self.problem(f"tracking store {early.message}")
+                return
+        if scheme in ("", "file", "sqlite"):
             local = _local_path(uri, scheme)
             if local is not None and not os.path.exists(local):
-                parent = os.path.dirname(os.path.abspath(local)) or "."
-                if _writable_dir(parent):
-                    self.info("tracking store", f"{local} does not exist yet; MLflow creates it on the first run")
-                else:
-                    self.problem(f"tracking store {uri}: cannot create {local} "
-                                 f"({_first_missing(parent)} is not a writable folder)")
+                self.info("tracking store", f"{local} does not exist yet; MLflow creates it on the first run")
                 return
+        try:  # loading MLflow takes seconds on a busy machine: not the store's time
+            from mlflow.tracking import MlflowClient
+        except Exception as exc:
+            self.problem(f"tracking store {causes.classify(exc, uri).message}")
+            return
         result: dict = {}
+        answered = threading.Event()
 
         def probe():
             try:
-                from mlflow.tracking import MlflowClient
-
                 client = MlflowClient(tracking_uri=uri)
                 client.search_experiments(max_results=1)
                 result["client"] = client
             except BaseException as exc:  # noqa: BLE001 (reported, never raised)
                 result["error"] = exc
+            answered.set()
 
-        # The probe's own HTTP settings: one try, bounded; a run would retry (see config.HTTP_DEFAULTS).
+        # The probe's own HTTP settings: one try, as long as the whole wait (a run would retry,
+        # see config.HTTP_DEFAULTS). A cold store (a server starting, a first sqlite migration)
+        # can take tens of seconds: that is slow, not dead.
         os.environ[config.MLFLOW_HTTP_REQUEST_MAX_RETRIES] = "0"
-        os.environ[config.MLFLOW_HTTP_REQUEST_TIMEOUT] = str(max(1, int(self.timeout)))
-        thread = threading.Thread(target=probe, name="azml_v1_bridge-doctor-probe", daemon=True)
-        thread.start()
-        thread.join(self.timeout + 5)
-        if thread.is_alive():
-            self.problem(f"tracking store {uri} does not answer within {self.timeout:g}s")
+        os.environ[config.MLFLOW_HTTP_REQUEST_TIMEOUT] = str(max(1, int(round(self.timeout))))
+        started = time.monotonic()
+        threading.Thread(target=probe, name="azml_v1_bridge-doctor-probe", daemon=True).start()
+        answered.wait(self.timeout + 5)
+        took = time.monotonic() - started
+        if not answered.is_set():
+            self.problem(f"tracking store {config.redact(uri)}: timed out: no answer within "
+                         f"{self.timeout:g}s (stuck or overloaded; `--timeout SECONDS` waits longer)")
         elif "error" in result:
-            self.problem(f"tracking store {uri} does not answer: {_reason(result['error'], uri)}")
+            self.problem(f"tracking store {causes.classify(result['error'], uri).message}")
         else:
             self.client = result["client"]
-            self.info("tracking store", f"answers ({scheme or 'file'})")
+            if took > self.slow:
+                self.info("tracking store", f"answers ({scheme or 'file'}), but slowly: {took:.1f}s for "
+                                            "the first request")
+                self.note(f"the tracking store took {took:.1f}s to answer (a cold start or a loaded "
+                          "store): slow, not down; the bridge's writer retries, so data still lands")
+            else:
+                self.info("tracking store", f"answers ({scheme or 'file'}) in {took:.1f}s")
 
     def check_destination(self) -> None:
         """Which experiment and run a v1 script would land in, and why (runs.py's order)."""
@@ -260,7 +300,7 @@ class Doctor:
                         self.note(f"MLflow run {run_id} ({config.MLFLOW_RUN_ID}) does not exist in this "
                                   "store: the bridge logs to a new run instead")
                     else:
-                        self.note(f"could not read MLflow run {run_id}: {_reason(exc)}")
+                        self.note(f"could not read MLflow run {run_id}: {_reason(exc, self.uri)}")
             self.info("experiment", experiment)
             return
         name = config.mlflow_setting(config.MLFLOW_EXPERIMENT_NAME)
@@ -281,7 +321,7 @@ class Doctor:
                     else:
                         text += f": id {found.experiment_id}"
                 except Exception as exc:
-                    text += f": could not be read ({_reason(exc)})"
+                    text += f": could not be read ({_reason(exc, self.uri)})"
             self.info("experiment", text + f"; {first}")
         elif experiment_id:
             self.info("experiment", self._describe_experiment_id(experiment_id, f"({config.MLFLOW_EXPERIMENT_ID})",
@@ -302,7 +342,7 @@ class Doctor:
         except Exception as exc:
             if must_exist:
                 self.problem(f"experiment id {experiment_id} ({config.MLFLOW_EXPERIMENT_ID}) cannot be "
-                             f"used: {_reason(exc)}")
+                             f"used: {_reason(exc, self.uri)}")
             return text + ": NOT FOUND"
         if found.lifecycle_stage == "deleted":
             self.problem(f"experiment id {experiment_id} ({found.name!r}) is deleted: MLflow refuses "
@@ -347,46 +387,19 @@ def _local_path(uri: str, scheme: str) -> str | None:
     return uri
 
 
-def _writable_dir(path: str) -> bool:
-    while path and not os.path.exists(path):
-        parent = os.path.dirname(path)
-        if parent == path:
-            break
-        path = parent
-    return os.path.isdir(path) and os.access(path, os.W_OK | os.X_OK)
-
-
-def _first_missing(path: str) -> str:
-    while path and not os.path.exists(os.path.dirname(path)) and os.path.dirname(path) != path:
-        path = os.path.dirname(path)
-    return path
-
-
 def _reason(exc: BaseException, uri: str | None = None) -> str:
-    """One short line for a store error."""
-    text = str(exc)
-    lowered = text.lower()
-    code = getattr(exc, "error_code", None)
-    if "unsupported uri" in lowered or "could not find a registered" in lowered:
-        scheme = urlsplit(uri or "").scheme or "this"
-        hint = " (pip install azureml-mlflow)" if scheme == "azureml" else ""
-        return f"no MLflow tracking store for {scheme}:// URIs is installed{hint}"
-    if "connection refused" in lowered:
-        return "connection refused"
-    if any(s in lowered for s in ("name or service not known", "nodename nor servname",
-                                  "temporary failure in name resolution", "failed to resolve")):
-        return "the host name does not resolve"
-    if "timed out" in lowered or "timeout" in lowered:
-        return "timed out"
-    if "401" in text or "403" in text or code in ("UNAUTHENTICATED", "PERMISSION_DENIED"):
-        return ("access denied: check the credentials (MLFLOW_TRACKING_USERNAME/"
-                "MLFLOW_TRACKING_PASSWORD or MLFLOW_TRACKING_TOKEN)")
-    if "out-of-date database schema" in lowered:
-        return "the database schema is older than this MLflow: run `mlflow db upgrade URI`"
-    line = next((part.strip() for part in text.splitlines() if part.strip()), "")
-    if len(line) > 200:
-        line = line[:197] + "..."
-    return f"{type(exc).__name__}: {line}" if line else type(exc).__name__
+    """One short line for a store error (causes.classify, without the store's name)."""
+    return causes.classify(exc, uri).reason
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be more than 0 seconds")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -395,10 +408,16 @@ def main(argv: list[str] | None = None) -> int:
         description="Show where a v1 script's data would go and check that it can get there. "
                     "The options act as the variables they name, for this check only.")
     cli.add_config_options(parser)
-    parser.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS",
-                        help="how long the tracking store has to answer (default 10)")
+    parser.add_argument("--timeout", type=_positive, default=DEFAULT_TIMEOUT, metavar="SECONDS",
+                        help=f"how long to wait for the tracking store to answer (default {DEFAULT_TIMEOUT:g}: "
+                             "a cold store can take that long)")
+    parser.add_argument("--slow", type=_positive, default=DEFAULT_SLOW, metavar="SECONDS",
+                        help=f"an answer later than this is reported as slow (default {DEFAULT_SLOW:g})")
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     cli.apply_config_options(args, os.environ)
+    doctor = Doctor(args.timeout, args.slow, stream=sys.stdout)
+    doctor.collect_secrets()
+    doctor.start()
     try:  # the options may change the mode: patch (or not) as a script would
         from azml_v1_bridge import patch
 
@@ -407,7 +426,6 @@ def main(argv: list[str] | None = None) -> int:
         pass  # reported by check_config
     except Exception:
         pass  # reported by check_methods
-    doctor = Doctor(args.timeout)
     doctor.run()
     out, err = doctor.render()
     sys.stdout.write(out)

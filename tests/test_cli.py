@@ -305,8 +305,9 @@ def test_doctor_names_an_unreachable_store_and_hides_its_password(tmp_path):
     result = launch(cli() + ["doctor", "--timeout", "3"], tmp_path, env={"MLFLOW_TRACKING_URI": uri})
     assert result.returncode == 1
     problems = result.stderr.strip().splitlines()
-    assert problems == [f"azml-v1-bridge doctor: problem: tracking store http://***@127.0.0.1:{port} "
-                        "does not answer: connection refused"]
+    assert problems == [f"azml-v1-bridge doctor: problem: tracking store http://***@127.0.0.1:{port}: "
+                        f"connection refused: nothing listens at 127.0.0.1:{port} (is `mlflow server` "
+                        "running, on that port?)"]
     assert PASSWORD not in result.stdout + result.stderr
 
 
@@ -370,3 +371,32 @@ def test_unknown_and_missing_subcommands(capsys):
     assert cli_module.main(["frobnicate"]) == 2
     assert cli_module._delegate("no_such_tool", []) == 2
     assert "azml_v1_bridge_tools.no_such_tool is missing" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- which python
+
+def test_a_python_on_path_without_the_bridge_is_replaced_by_the_launchers(store, tmp_path):
+    # A real other interpreter first on PATH: a bare venv that cannot import the bridge.
+    other = tmp_path / "other-venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(other)], check=True, timeout=120)
+    script = write(tmp_path / "train.py", V1_SCRIPT)
+    env = dict(os.environ)
+    env["PATH"] = str(other / "bin") + os.pathsep + env["PATH"]
+    env.pop("PYTHONPATH", None)  # the launcher's venv has the package installed; the other has nothing
+    result = subprocess.run(cli() + ["run", "--", "python", str(script)], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stderr
+    assert (f"`python` on PATH is {other}/bin/python, which cannot import azml_v1_bridge; running COMMAND "
+            f"with the launcher's own interpreter {os.path.dirname(sys.executable)}/python") in result.stderr
+    (run,) = all_runs(store)
+    assert run.data.metrics["loss"] == pytest.approx(1 / 3)
+
+
+def test_a_python_on_path_with_the_bridge_is_used_as_is(tmp_path):
+    from azml_v1_bridge_tools import cli as cli_module
+
+    here = os.path.dirname(sys.executable)
+    env = {"PATH": here + os.pathsep + os.environ["PATH"]}
+    assert cli_module.bridged_python(["python", "x.py"], env) == ["python", "x.py"]
+    assert cli_module.bridged_python(["/usr/bin/env", "python"], env) == ["/usr/bin/env", "python"]
+    assert cli_module.bridged_python(["pythonista"], env) == ["pythonista"]

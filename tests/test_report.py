@@ -6,6 +6,8 @@ one test runs a script under the launcher to check the counts of a whole process
 import json
 import sys
 
+import pytest
+
 from conftest import run_script
 import azml_v1_bridge  # noqa: E402
 
@@ -159,3 +161,57 @@ def test_report_of_a_launched_script_counts_its_calls(store, tmp_path):
     assert report["process"]["argv0"] == "script.py"
     assert result.stderr.count("azml_v1_bridge report") == 1
     assert "calls: log 6" in result.stderr
+
+
+# ---------------------------------------------------------------- where the data went
+
+def test_report_says_where_the_data_went(bridge, store, monkeypatch, capfd):
+    reenable(bridge, monkeypatch, AZML_V1_BRIDGE_REPORT="1", MLFLOW_EXPERIMENT_NAME="where-exp")
+    from azureml.core import Run
+
+    run = Run.get_context()
+    run.log("m", 1)
+    bridge.finish()
+    (mlflow_run,) = all_runs(store)
+    experiment_id = mlflow_run.info.experiment_id
+    uri = store._tracking_client.tracking_uri
+    report = read_report(store, mlflow_run.info.run_id)
+    assert (report["tracking_uri"], report["experiment_name"], report["experiment_id"], report["run_url"]) == \
+        (uri, "where-exp", experiment_id, None)
+    err = capfd.readouterr().err
+    assert f"    tracking URI: {uri}; experiment: 'where-exp' (id {experiment_id})\n" in err
+    assert f"    view: mlflow ui --backend-store-uri {uri}\n" in err
+
+
+@pytest.mark.server
+def test_report_links_the_run_on_a_server_without_the_password(mlflow_server, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    password = "Rep0rt-pw-42"
+    uri = mlflow_server.url.replace("http://", f"http://alice:{password}@")
+    result = run_script("""
+        import azml_v1_bridge
+        from azureml.core import Run
+        run = Run.get_context()
+        run.log("m", 1.0)
+    """, tmp_path, env={"MLFLOW_TRACKING_URI": uri, "MLFLOW_EXPERIMENT_NAME": "linked",
+                        "AZML_V1_BRIDGE_REPORT": "1"})
+    assert result.returncode == 0, result.stderr
+    client = MlflowClient(mlflow_server.url)
+    experiment_id = client.get_experiment_by_name("linked").experiment_id
+    (run,) = client.search_runs([experiment_id])
+    link = f"{mlflow_server.url}/#/experiments/{experiment_id}/runs/{run.info.run_id}"
+    assert f"    tracking URI: {mlflow_server.url}; experiment: 'linked' (id {experiment_id})\n" in result.stderr
+    assert f"    view: {link}\n" in result.stderr
+    report = read_report(client, run.info.run_id)
+    assert (report["tracking_uri"], report["run_url"]) == (mlflow_server.url, link)
+    assert password not in result.stderr + json.dumps(report)
+
+
+def test_run_url_only_for_servers():
+    from azml_v1_bridge import report
+
+    assert report.run_url("https://mlflow.example/", "3", "abc") == "https://mlflow.example/#/experiments/3/runs/abc"
+    assert report.run_url("http://h:5000", None, "abc") == "http://h:5000/#/runs/abc"
+    assert report.run_url("sqlite:///mlflow.db", "0", "abc") is None
+    assert report.public_uri("http://bob:pw@h:5000/x") == "http://h:5000/x"

@@ -85,7 +85,7 @@ def describe_error(exc: BaseException, uri: str | None = None) -> str:
     """One line naming the cause where it is known, else the exception; credentials redacted."""
     cause = cause_of(exc, uri)
     if cause is not None and getattr(cause, "kind", "other") != "other":
-        return config.redact(cause.message)
+        return config.redact(getattr(cause, "reason", None) or cause.message)
     text = f"{type(exc).__name__}: {exc}"
     return config.redact(text if len(text) < 500 else text[:500] + "...")
 

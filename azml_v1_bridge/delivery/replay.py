@@ -329,7 +329,9 @@ def replay_journal(path: str, tracking_uri: str | None = None, only=None) -> dic
         try:
             replayer.deliver(runs, lid)
         except Exception as exc:
-            replayer._error(f"run {lid}: {describe_error(exc)}")
+            from ..causes import classify  # the cause, named as doctor and the writer name it
+
+            replayer._error(f"run {lid}: {classify(exc, replayer.uri_of(runs[lid])).message}")
         if len(replayer.counts["errors"]) > errors:
             failed.append(lid)
     replayer.counts["bad_lines"] = bad

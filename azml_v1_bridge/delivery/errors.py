@@ -33,6 +33,15 @@ class Unreachable(Exception):
     permanent = False  # retrying cannot help (a missing driver, a read-only folder...)
 
 
+class Unusable(Exception):
+    """A store that cannot work at all (a read-only folder, a missing driver), found before
+    MLflow would retry it for a minute; `cause` names why."""
+
+    def __init__(self, cause):
+        super().__init__(getattr(cause, "reason", None) or str(cause))
+        self.cause = cause
+
+
 class Refused(Unreachable):
     """The store answers but refuses this run's data (deleted run, no permission)."""
 
@@ -68,6 +77,8 @@ def cause_of(exc: BaseException, uri: str | None = None):
 
 def is_permanent(exc: BaseException, uri: str | None = None) -> bool:
     """A store failure that retrying within seconds cannot mend."""
+    if isinstance(exc, Unusable):
+        return True
     cause = cause_of(exc, uri)
     if cause is not None:
         return not cause.transient

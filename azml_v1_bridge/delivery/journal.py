@@ -53,7 +53,7 @@ class Journal:
         self._described: dict = {}
         self._seq = itertools.count()
         self._lock = threading.Lock()
-        self.moved_from: tuple | None = None  # (wanted path, why it could not be written)
+        self.moved_from: str | None = None  # why the wanted folder could not be written
 
     @property
     def files_dir(self) -> str:
@@ -77,10 +77,11 @@ class Journal:
                 os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
                 fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
             except OSError as exc:
-                problems.append(f"{os.path.dirname(path)}: {exc.strerror or exc}")
+                problems.append(f"the folder {os.path.dirname(path) or '.'} cannot be written "
+                                f"({exc.strerror or exc})")
                 continue
             if path != self.path:
-                self.moved_from = (self.path, "; ".join(problems))
+                self.moved_from = "; ".join(problems)
                 self.path = path
             return fd
         raise OSError("no folder for the journal can be written (" + "; ".join(problems) + ")")

@@ -143,8 +143,8 @@ class ProcessWriter(QueueFront):
         try:
             self._spawn()
         except Exception as exc:
-            logger.warning("azml_v1_bridge: could not start the writer process (%s); writing "
-                           "from a thread instead", describe_error(exc))
+            logger.warning("azml_v1_bridge: could not start the writer process (%s: %s); "
+                           "writing from a thread instead", type(exc).__name__, exc)
         while True:
             self._wake.wait(self.cfg.flush_interval)
             self._wake.clear()
@@ -214,7 +214,10 @@ class ProcessWriter(QueueFront):
                 try:
                     name = "close" if marker is CLOSE else "flush"
                     exiting = self._deadline is not None
-                    self._send_conn.send_bytes(pickle.dumps((name, (timeout, exiting)), protocol=5))
+                    # the child's deadline comes first: what it cannot deliver, it journals
+                    # and reports before this process stops waiting
+                    given = timeout - min(3.0, timeout * 0.3) if exiting else timeout
+                    self._send_conn.send_bytes(pickle.dumps((name, (given, exiting)), protocol=5))
                     until = time.monotonic() + timeout + (0 if exiting else 5)
                     while self._recv_conn.poll(max(0.0, until - time.monotonic())):
                         kind, payload = pickle.loads(self._recv_conn.recv_bytes())

@@ -13,6 +13,7 @@ import sys
 import tempfile
 
 from .batching import batch_json
+from .errors import Unusable
 
 logger = logging.getLogger("azml_v1_bridge")
 
@@ -77,6 +78,11 @@ class Store:
     @property
     def client(self):
         if self._client is None:
+            from .. import causes
+
+            cause = causes.check_store_modules(self.uri) or causes.check_local_store(self.uri)
+            if cause is not None:
+                raise Unusable(cause)
             from mlflow.tracking import MlflowClient
 
             path = sqlite_path(self.uri)

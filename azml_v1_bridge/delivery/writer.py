@@ -548,10 +548,7 @@ class Writer(QueueFront):
                 what = "refuses data of run %s" % (record.mlflow_run_id or record.v1_id)
             else:
                 what = "cannot be used" if permanent else "is not answering"
-            moved = ""
-            if self.journal.moved_from is not None:
-                wanted, why = self.journal.moved_from
-                moved = f" (not {wanted}: {why})"
+            moved = f" ({self.journal.moved_from})" if self.journal.moved_from else ""
             logger.warning("azml_v1_bridge: the MLflow tracking store %s %s (%s); undelivered "
                            "data goes to the journal %s%s; deliver it later with "
                            "`azml-v1-bridge replay %s`", config.redact(uri or "?"), what,

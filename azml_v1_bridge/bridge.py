@@ -226,12 +226,25 @@ def _prepare(method, wrapped, instance, args, kwargs):
     else:
         if not hasattr(value, "read"):
             return args, kwargs, args, kwargs
+        seekable = _seekable(value)
+        start = value.tell() if seekable else None
         data = value.read()
-        for_v1 = io.StringIO(data) if isinstance(data, str) else io.BytesIO(data)
         for_us = io.BytesIO(data.encode("utf-8") if isinstance(data, str) else data)
+        if seekable:  # v1 gets the user's own stream, back where it was
+            value.seek(start)
+            for_v1 = value
+        else:  # a pipe or socket: v1 gets a stream of the same bytes
+            for_v1 = io.StringIO(data) if isinstance(data, str) else io.BytesIO(data)
     if where == 1:
         return (args[0], for_v1) + args[2:], kwargs, (args[0], for_us) + args[2:], kwargs
     return args, dict(kwargs, **{where: for_v1}), args, dict(kwargs, **{where: for_us})
+
+
+def _seekable(stream) -> bool:
+    try:
+        return bool(stream.seekable())
+    except Exception:
+        return False
 
 
 def _materialize(value):

@@ -205,15 +205,20 @@ def _step(value, fallback) -> int | None:
         return fallback
 
 
+def original_name_tag(key: str) -> str:
+    """The tag keeping the v1 name a rewritten key came from."""
+    tag_key = RENAMED_TAG_PREFIX + key
+    if len(tag_key) > MAX_KEY:
+        tag_key = RENAMED_TAG_PREFIX + format(zlib.crc32(key.encode()), "08x")
+    return tag_key
+
+
 def _key(call: Call, name, ops: list) -> str:
     key = mlflow_key(name)
     if key != (name if type(name) is str else None) and call.state is not None and key not in call.state.renamed:
         call.state.renamed.add(key)
         ops.append(Note("renamed", str(name), key))
-        tag_key = RENAMED_TAG_PREFIX + key
-        if len(tag_key) > MAX_KEY:
-            tag_key = RENAMED_TAG_PREFIX + format(zlib.crc32(key.encode()), "08x")
-        ops.append(Tag(tag_key, str(name)[:MAX_TAG_VALUE]))
+        ops.append(Tag(original_name_tag(key), str(name)[:MAX_TAG_VALUE]))
     return key
 
 

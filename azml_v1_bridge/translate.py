@@ -361,8 +361,10 @@ def translate_log_image(call: Call, name, path=None, plot=None, description="") 
 
         buffer = io.BytesIO()
         figure.savefig(buffer, format="png")  # now: the user keeps drawing on it
-        key = mlflow_key(name)
-        return [Image(key, buffer.getvalue(), call.state.next_repeat("image:" + key), call.now_ms)]
+        ops: list = []
+        key = _key(call, name, ops)  # the original name kept in its tag, as for metrics
+        ops.append(Image(key, buffer.getvalue(), call.state.next_repeat("image:" + key), call.now_ms))
+        return ops
     if path is None:
         return [Note("no_image", str(name), "log_image got neither path nor plot")]
     source = str(path) if not hasattr(path, "read") else None

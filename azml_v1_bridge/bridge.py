@@ -201,7 +201,9 @@ def _bind(method, wrapped, instance, args, kwargs):
         rest = bound.arguments[params.var_keyword] if params.var_keyword else {}
         return tuple(bound.arguments[name] for name in names), dict(rest)
     if error is not None:
-        raise _UserTypeError(error)  # the arguments do not fit v1's signature: as v1 raises
+        if STATE.mode == "mlflow":  # v1 did not run: say what v1 would have said
+            raise _UserTypeError(error)
+        raise error  # v1 took them: ours to fix, never the user's (warned, or BridgeError if strict)
     return args, kwargs
 
 

@@ -212,15 +212,15 @@ def _prepare(method, wrapped, instance, args, kwargs):
     values, or a fresh stream holding the same bytes from the same position) and the
     translator its own copy, so neither can drain the other's.
     Returns (v1's args, v1's kwargs, the translator's args, the translator's kwargs)."""
-    functions = _v1_functions(method, wrapped, instance)
-    params = v1_parameters(functions[0]) if functions else None
-    name = params.names[1] if params and len(params.names) > 1 else None  # value, path_or_stream, path
     if len(args) > 1:
         value, where = args[1], 1
-    elif name is not None and name in kwargs:
+    else:  # by keyword: v1's own name for its second parameter (value, path_or_stream, path)
+        functions = _v1_functions(method, wrapped, instance)
+        params = v1_parameters(functions[0]) if functions else None
+        name = params.names[1] if params and len(params.names) > 1 else None
+        if name is None or name not in kwargs:
+            return args, kwargs, args, kwargs
         value, where = kwargs[name], name
-    else:
-        return args, kwargs, args, kwargs
     if method == "log_list":
         if isinstance(value, list) or value is None:
             return args, kwargs, args, kwargs

@@ -705,6 +705,13 @@ def record_of(client, run_id):
     return run, metrics, artifacts, sorted(images)
 
 
+def distinct_points(points):
+    """(step, value) pairs as MLflow keeps them: NaN is NaN, -0.0 is 0.0."""
+    def value(v):
+        return "nan" if math.isnan(v) else float(v) + 0.0
+    return sorted({(s, value(v)) for s, v in points}, key=repr)
+
+
 def same_number(a, b):
     return (math.isnan(a) and math.isnan(b)) or a == b or math.isclose(a, b, rel_tol=1e-6)
 
@@ -734,7 +741,7 @@ def check_record(client, mlflow_run_id, expected: RunModel, status, v1_id, where
     for k, points in want_metrics.items():
         # MLflow stores a point once per (step, value, timestamp): the same value logged twice
         # at one explicit step within a millisecond is one row. Compare distinct points.
-        got, points = sorted(set(map(repr, metrics[k]))), sorted(set(map(repr, points)))
+        got, points = distinct_points(metrics[k]), distinct_points(points)
         assert got == points, (where, k, got, points)
     want_tags = {}
     for k, v in expected.tags.items():

@@ -74,6 +74,7 @@ def world(tmp_path_factory, empty_store_file):
     (folder / "files" / "one.txt").write_bytes(b"one\n")
     (folder / "files" / "two.bin").write_bytes(bytes(range(256)))
     (folder / "files" / "sub" / "three.txt").write_text("three")
+    before = dict(os.environ)  # submitted_run() points AZUREML_* at the emulator: undone below
     saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "AZML_V1_BRIDGE_CHARTS",
                                             "AZML_V1_BRIDGE_JOURNAL", "MLFLOW_RUN_ID",
                                             "MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID")}
@@ -100,6 +101,10 @@ def world(tmp_path_factory, empty_store_file):
                 probe.remove()
     finally:
         os.chdir(cwd)
+        for k in [k for k in os.environ if k.startswith("AZUREML_") and k not in before]:
+            del os.environ[k]
+        for k in [k for k in before if k.startswith("AZUREML_") or k == "HOME"]:
+            os.environ[k] = before[k]
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)

@@ -287,21 +287,25 @@ print("RETURNED", flush=True)
 def test_ctrl_c_during_the_outputs_upload_reaches_the_script(store, tmp_path):
     script = tmp_path / "ctrl_c.py"
     script.write_text(CTRL_C_SCRIPT)
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AZUREML_")}  # an offline run
+    env.update(PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
                AZML_V1_BRIDGE_MODE="mlflow", AZML_V1_BRIDGE_OUTPUTS="1")
     proc = subprocess.Popen([sys.executable, str(script)], cwd=tmp_path, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        run_id = None
+        run_id, seen_out, seen_err = None, [], []
         for line in proc.stdout:
+            seen_out.append(line)
             if line.startswith("RUN "):
                 run_id = line.split()[1]
                 break
         for line in proc.stderr:  # a line per file: the upload is under way
+            seen_err.append(line)
             if "uploaded outputs/" in line:
                 proc.send_signal(signal.SIGINT)
                 break
         out, err = proc.communicate(timeout=120)
+        out, err = "".join(seen_out) + out, "".join(seen_err) + err
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -6,6 +6,8 @@ exceptions. Errors here never reach user code unless AZML_V1_BRIDGE_STRICT=1.
 """
 from __future__ import annotations
 
+import contextvars
+import inspect
 import io
 import logging
 import os
@@ -15,14 +17,13 @@ import sys
 import threading
 import time
 import uuid
-from threading import get_ident
 
 from . import config, ranks
 from .delivery.errors import describe_error
 from .delivery.writer import Writer
 from .ops import ArtifactFile, Artifact, CreateRun, End, Note, Tag
 from .runs import ATTR, Registry
-from .translate import TRANSLATORS, Call, NewRun
+from .translate import TRANSLATORS, Call, NewRun, end_status
 
 _time = time.time
 
@@ -70,8 +71,12 @@ class State:
 
 
 STATE = State()
-_inside: set = set()  # threads inside a v1 method called through the bridge
-_PREPARED = frozenset(("log_list", "upload_file"))
+# Set while a v1 method called through the bridge runs (v1 calling itself, Run.tag -> set_tags,
+# emits once, at the outer call). A context variable, not a thread-id set: a forked child or a
+# new thread never inherits another thread's "inside", and asyncio tasks each have their own.
+_INSIDE: contextvars.ContextVar = contextvars.ContextVar("azml_v1_bridge_inside", default=False)
+# Methods with one-shot arguments (generators, streams): read once, before v1 runs.
+_PREPARED = frozenset(("log_list", "upload_file", "log_image"))
 # Methods whose ops may name user files, snapshotted on the caller's thread.
 _STAGED = frozenset(("log_image", "upload_file", "upload_files", "upload_folder"))
 
@@ -90,23 +95,25 @@ def _failed(kind: str, exc: BaseException) -> None:
 
 def handle(method: str, wrapped, instance, args, kwargs, standin=None):
     """The body of every wrapper (see patch.py). Kept lean: it runs on every v1 call."""
-    thread = get_ident()
-    if thread in _inside:  # v1 calling itself (Run.tag -> set_tags): emit once, at the outer call
+    if _INSIDE.get():  # v1 calling itself (Run.tag -> set_tags): emit once, at the outer call
         return wrapped(*args, **kwargs)
+    v1_args, v1_kwargs = args, kwargs
     if method in _PREPARED:
         try:
-            args, kwargs = _prepare(method, args, kwargs)
+            v1_args, v1_kwargs, args, kwargs = _prepare(method, wrapped, instance, args, kwargs)
         except Exception as exc:
             _failed("preparing " + method, exc)
     if STATE.mode == "mlflow":
         result = standin(instance, *args, **kwargs) if standin is not None else None
     else:
-        _inside.add(thread)
+        token = _INSIDE.set(True)
         try:
-            result = wrapped(*args, **kwargs)
+            result = wrapped(*v1_args, **v1_kwargs)
         finally:
-            _inside.discard(thread)
+            _INSIDE.reset(token)
     try:
+        if kwargs:
+            args, kwargs = _bind(method, wrapped, instance, args, kwargs)
         emit(method, instance, args, kwargs, result)
     except _UserTypeError as exc:
         raise exc.error from None
@@ -135,19 +142,125 @@ class _UserTypeError(Exception):
         self.error = error
 
 
-def _prepare(method, args, kwargs):
-    """Make one-shot arguments reusable: v1 and MLflow must see the same values."""
-    if method == "log_list":
-        if len(args) > 1 and not isinstance(args[1], list):
-            args = (args[0], _materialize(args[1])) + tuple(args[2:])
-        elif "value" in kwargs and not isinstance(kwargs["value"], list):
-            kwargs = dict(kwargs, value=_materialize(kwargs["value"]))
-    elif method == "upload_file":
-        if len(args) > 1 and hasattr(args[1], "read"):
-            args = (args[0], _buffer(args[1])) + tuple(args[2:])
-        elif hasattr(kwargs.get("path_or_stream"), "read"):
-            kwargs = dict(kwargs, path_or_stream=_buffer(kwargs["path_or_stream"]))
+# v1 function -> _Parameters, or None when it takes *args (nothing to bind: the translator
+# gets the call as made).
+_SIGNATURES: dict = {}
+_REQUIRED = object()
+
+
+class _Parameters:
+    __slots__ = ("signature", "names", "defaults", "var_keyword")
+
+    def __init__(self, signature):
+        params = list(signature.parameters.values())[1:]  # without self
+        self.signature = signature
+        self.names = [p.name for p in params if p.kind is not p.VAR_KEYWORD]
+        self.defaults = {p.name: (_REQUIRED if p.default is p.empty else p.default) for p in params}
+        self.var_keyword = next((p.name for p in params if p.kind is p.VAR_KEYWORD), None)
+
+
+def v1_parameters(function):
+    """The parameters of a v1 method as the installed azureml-core declares them."""
+    found = _SIGNATURES.get(function, _SIGNATURES)
+    if found is _SIGNATURES:
+        signature = inspect.signature(function)
+        found = None
+        if not any(p.kind is p.VAR_POSITIONAL for p in signature.parameters.values()):
+            found = _Parameters(signature)
+        _SIGNATURES[function] = found
+    return found
+
+
+def _v1_functions(method, wrapped, instance) -> list:
+    """The v1 functions a call is bound by: the called class's own, then (for mlflow mode,
+    where _OfflineRun accepts what a service run does) Run's."""
+    found = []
+    own = getattr(wrapped, "__func__", None)
+    if own is None and instance is not None:
+        own = getattr(type(instance), method, None)
+    run_module = sys.modules.get("azureml.core.run")
+    base = getattr(getattr(run_module, "Run", None), method, None) if run_module else None
+    for function in (own, base):
+        function = getattr(function, "__wrapped__", function)
+        if inspect.isfunction(function) and function not in found:
+            found.append(function)
+    return found
+
+
+def _bind(method, wrapped, instance, args, kwargs):
+    """Keyword arguments by v1's own parameter names, as positions: translators take v1's
+    parameters in v1's order, whatever the caller named them."""
+    error = None
+    for function in _v1_functions(method, wrapped, instance):
+        params = v1_parameters(function)
+        if params is None:
+            return args, kwargs
+        names, defaults = params.names, params.defaults
+        if params.var_keyword is None and len(args) <= len(names):  # the quick way
+            values = list(args)
+            for name in names[len(args):]:
+                value = kwargs.get(name, defaults[name])
+                if value is _REQUIRED:
+                    break
+                values.append(value)
+            else:
+                if all(k in defaults for k in kwargs) and not any(n in kwargs for n in names[:len(args)]):
+                    return tuple(values), {}
+        try:
+            bound = params.signature.bind(instance, *args, **kwargs)
+        except TypeError as exc:
+            error = error or exc
+            continue
+        bound.apply_defaults()
+        rest = bound.arguments[params.var_keyword] if params.var_keyword else {}
+        return tuple(bound.arguments[name] for name in names), dict(rest)
+    if error is not None:
+        if STATE.mode == "mlflow":  # v1 did not run: say what v1 would have said
+            raise _UserTypeError(error)
+        raise error  # v1 took them: ours to fix, never the user's (warned, or BridgeError if strict)
     return args, kwargs
+
+
+def _prepare(method, wrapped, instance, args, kwargs):
+    """Read one-shot arguments once, before v1 runs: v1 gets an equivalent object (same
+    values, or a fresh stream holding the same bytes from the same position) and the
+    translator its own copy, so neither can drain the other's.
+    Returns (v1's args, v1's kwargs, the translator's args, the translator's kwargs)."""
+    if len(args) > 1:
+        value, where = args[1], 1
+    else:  # by keyword: v1's own name for its second parameter (value, path_or_stream, path)
+        functions = _v1_functions(method, wrapped, instance)
+        params = v1_parameters(functions[0]) if functions else None
+        name = params.names[1] if params and len(params.names) > 1 else None
+        if name is None or name not in kwargs:
+            return args, kwargs, args, kwargs
+        value, where = kwargs[name], name
+    if method == "log_list":
+        if isinstance(value, list) or value is None:
+            return args, kwargs, args, kwargs
+        for_v1 = for_us = _materialize(value)
+    else:
+        if not hasattr(value, "read"):
+            return args, kwargs, args, kwargs
+        seekable = _seekable(value)
+        start = value.tell() if seekable else None
+        data = value.read()
+        for_us = io.BytesIO(data.encode("utf-8") if isinstance(data, str) else data)
+        if seekable:  # v1 gets the user's own stream, back where it was
+            value.seek(start)
+            for_v1 = value
+        else:  # a pipe or socket: v1 gets a stream of the same bytes
+            for_v1 = io.StringIO(data) if isinstance(data, str) else io.BytesIO(data)
+    if where == 1:
+        return (args[0], for_v1) + args[2:], kwargs, (args[0], for_us) + args[2:], kwargs
+    return args, dict(kwargs, **{where: for_v1}), args, dict(kwargs, **{where: for_us})
+
+
+def _seekable(stream) -> bool:
+    try:
+        return bool(stream.seekable())
+    except Exception:
+        return False
 
 
 def _materialize(value):
@@ -155,13 +268,6 @@ def _materialize(value):
         return list(value)
     except TypeError:
         return value
-
-
-def _buffer(stream):
-    data = stream.read()
-    if isinstance(data, str):
-        data = data.encode("utf-8")
-    return io.BytesIO(data)
 
 
 def emit(method, instance, args, kwargs, result) -> None:
@@ -202,7 +308,12 @@ def emit(method, instance, args, kwargs, result) -> None:
     if method in BLOCKING:
         if any(type(op) is End for op in ops):
             record.ended = True
-            ops = _with_outputs(record, ops)
+            try:
+                ops = _with_outputs(record, ops)
+            except BaseException:  # Ctrl-C during the upload: the run is still open, ended at exit
+                record.ended = False
+                writer.submit(record, method, [op for op in ops if type(op) is not End])
+                raise
         writer.submit(record, method, ops)
         _wait(writer)
     else:
@@ -333,7 +444,11 @@ def _with_outputs(record, ops: list) -> list:
     """A top-level run that ends uploads its outputs folder first, as v1 jobs did: on this
     thread (the one ending the run), after the run's earlier data, before its End; see
     outputs.py. Files the store did not take go to the writer (retried, else journaled).
-    Runs the bridge adopted are their owner's to upload into (the launcher does)."""
+    Runs the bridge adopted are their owner's to upload into (the launcher does).
+    A job's run ends with the status its script asked for (translate.end_status)."""
+    if record.state.end_status is not None:
+        ops = [End(end_status(record.state, op.status), op.timestamp) if type(op) is End else op
+               for op in ops]
     if (record.parent is not None or record.adopted or record.muted
             or not STATE.cfg.outputs_enabled()):
         return ops

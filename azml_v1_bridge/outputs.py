@@ -132,9 +132,12 @@ def upload(client, run_id: str, folder: str, artifact_path: str = ARTIFACT_PATH,
             client.log_artifact(run_id, full, target or None)
             done.append(rel)
             progress.file_done(rel, size)
-    except BaseException as exc:
+    except Exception as exc:
         progress.finish(exc)
         raise PartialUpload(done, exc) from exc
+    except BaseException as exc:  # Ctrl-C, SystemExit: the user's, never turned into a store error
+        progress.finish(exc)
+        raise
     progress.finish()
     return done
 

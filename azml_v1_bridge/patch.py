@@ -157,6 +157,10 @@ def _patch_run_module(module) -> None:
         # those that call super() are wrapped twice, which bridge.handle collapses to one emit.
         for sub in _subclasses(run_cls):
             _patch_class(sub, RUN_METHODS)
+        # ...and those defined later (ScriptRun, PipelineRun, HyperDriveRun live in modules
+        # imported after azureml.core.run): bridged as they are defined.
+        if not is_bridged_subclass_hook(run_cls.__dict__.get("__init_subclass__")):
+            _add(run_cls, "__init_subclass__", _subclass_hook(run_cls))
         _patch_class(offline_cls, RUN_METHODS)
         for name in READ_METHODS:
             original = run_cls.__dict__.get(name)
@@ -174,6 +178,26 @@ def _patch_run_module(module) -> None:
             if name not in offline_cls.__dict__:
                 _add(offline_cls, name, _offline_property(name))
         _patch_local("patch_run_module", module)
+
+
+def _subclass_hook(run_cls):
+    original = run_cls.__dict__.get("__init_subclass__")
+
+    def __init_subclass__(cls, **kwargs):
+        if original is None:
+            super(run_cls, cls).__init_subclass__(**kwargs)
+        else:
+            original.__get__(None, cls)(**kwargs)
+        with PATCHES.lock:
+            if PATCHES.active:
+                _patch_class(cls, RUN_METHODS)
+
+    __init_subclass__._azml_v1_bridge = True
+    return classmethod(__init_subclass__)
+
+
+def is_bridged_subclass_hook(attribute) -> bool:
+    return bool(getattr(getattr(attribute, "__func__", None), "_azml_v1_bridge", False))
 
 
 def _patch_experiment_module(module) -> None:

@@ -114,7 +114,10 @@ class Registry:
         # Run objects of one service run share a record; offline runs are each their own
         # (v1 gives two child_run("fold") calls the same offline id).
         shared = type(run).__name__ != "_OfflineRun"
-        with self._lock:
+        with self._lock:  # checked again inside: threads making the first call at once share one
+            rec = run.__dict__.get(ATTR) if hasattr(run, "__dict__") else None
+            if rec is not None:
+                return rec, False
             rec = self._by_v1_id.get(v1_id) if shared else None
             fresh = rec is None
             if fresh:
@@ -122,10 +125,10 @@ class Registry:
                 if shared:
                     self._by_v1_id[v1_id] = rec
                 self.records.append(rec)
-        try:
-            run.__dict__[ATTR] = rec
-        except (AttributeError, TypeError):
-            pass
+            try:
+                run.__dict__[ATTR] = rec
+            except (AttributeError, TypeError):
+                pass
         return rec, fresh
 
     def _new_record(self, run, v1_id, mode, parent, experiment, name) -> RunRecord:

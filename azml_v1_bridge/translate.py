@@ -7,12 +7,14 @@ function reads like its row of the README table.
 """
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import math
 import numbers
 import posixpath
 import re
+import sys
 import zlib
 from types import GeneratorType
 
@@ -30,7 +32,8 @@ LONG_VALUES_DIR = "azml_v1_bridge/long_values"
 class RunState:
     """What v1 remembered per run, which MLflow needs spelled out."""
 
-    __slots__ = ("steps", "rows", "repeats", "params", "renamed", "kinds", "__weakref__")
+    __slots__ = ("steps", "rows", "repeats", "params", "renamed", "kinds", "docs", "end_status",
+                 "__weakref__")
 
     def __init__(self):
         self.steps: dict[str, itertools.count] = {}    # metric key -> next implicit step
@@ -39,6 +42,8 @@ class RunState:
         self.params: dict[str, str] = {}               # write-once properties
         self.renamed: set[str] = set()                 # names already reported as rewritten
         self.kinds: dict[str, str] = {}                # v1 name -> "text" | "list": kept as a file
+        self.docs: dict[str, str] = {}                 # document path -> the kind that holds it
+        self.end_status: str | None = None             # a job's run: status its script asked for
 
     def next_step(self, key: str) -> int:
         counter = self.steps.get(key)
@@ -89,34 +94,37 @@ _keys: dict[str, str] = {}
 
 
 def _valid_key(name: str) -> bool:
-    if not name or len(name) > MAX_KEY or not _KEY_OK.match(name):
+    if not name or len(name) > MAX_KEY or not _KEY_OK.fullmatch(name):
         return False
     norm = posixpath.normpath(name)
     return not (norm != name or norm == "." or norm.startswith("..") or norm.startswith("/"))
 
 
+def name_digest(text: str) -> str:
+    """8 hex digits of the original name, on every rewritten key: distinct names stay distinct."""
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=4).hexdigest()
+
+
 def mlflow_key(name) -> str:
-    """The MLflow key for a v1 name: the name itself when MLflow accepts it,
-    else a deterministic valid rewrite (bad characters to '_', path forms
-    flattened, long names cut with a hash so distinct names stay distinct)."""
-    key = _keys.get(name)
+    """The MLflow key for a v1 name: the name itself when MLflow accepts it, else a
+    deterministic valid rewrite, `<name with bad characters as '_', path forms flattened,
+    cut to fit>_<8 hex digits of the original>` (`acc@top1` -> `acc_top1_3f2a...`), so two
+    names never share a key (up to a 32-bit hash) and never collide with `acc_top1` itself."""
+    text = name if type(name) is str else str(name)
+    key = _keys.get(text)
     if key is not None:
         return key
-    text = name if isinstance(name, str) else str(name)
     if _valid_key(text):
         key = text
     else:
-        key = _KEY_BAD_CHARS.sub("_", text)
-        parts = [p for p in key.split("/") if p not in ("", ".", "..")]
-        key = "/".join(parts) or "_"
-        if len(key) > MAX_KEY or key != text:
-            digest = format(zlib.crc32(text.encode("utf-8", "surrogatepass")), "08x")
-            if len(key) > MAX_KEY:
-                key = key[: MAX_KEY - 9] + "~" + digest
-        if not _valid_key(key):  # e.g. a part that is only dots
-            key = "_" + format(zlib.crc32(text.encode("utf-8", "surrogatepass")), "08x")
+        suffix = "_" + name_digest(text)
+        base = _KEY_BAD_CHARS.sub("_", text)
+        base = "/".join(p for p in base.split("/") if p not in ("", ".", ".."))
+        key = base[: MAX_KEY - len(suffix)].rstrip("/") + suffix
+        if not _valid_key(key):
+            key = suffix
     if len(_keys) < 100_000:
-        _keys[name] = key
+        _keys[text] = key
     return key
 
 
@@ -197,16 +205,35 @@ def _step(value, fallback) -> int | None:
         return fallback
 
 
+def original_name_tag(key: str) -> str:
+    """The tag keeping the v1 name a rewritten key came from."""
+    tag_key = RENAMED_TAG_PREFIX + key
+    if len(tag_key) > MAX_KEY:
+        tag_key = RENAMED_TAG_PREFIX + format(zlib.crc32(key.encode()), "08x")
+    return tag_key
+
+
 def _key(call: Call, name, ops: list) -> str:
     key = mlflow_key(name)
-    if key != name and call.state is not None and key not in call.state.renamed:
+    if key != (name if type(name) is str else None) and call.state is not None and key not in call.state.renamed:
         call.state.renamed.add(key)
         ops.append(Note("renamed", str(name), key))
-        tag_key = RENAMED_TAG_PREFIX + key
-        if len(tag_key) > MAX_KEY:
-            tag_key = RENAMED_TAG_PREFIX + format(zlib.crc32(key.encode()), "08x")
-        ops.append(Tag(tag_key, str(name)[:MAX_TAG_VALUE]))
+        ops.append(Tag(original_name_tag(key), str(name)[:MAX_TAG_VALUE]))
     return key
+
+
+def doc_path(call: Call, base: str, ext: str, kind: str) -> str:
+    """`base.ext` for the first kind of document (table, list, text, rich) a name is used
+    for; another kind under the same name gets `base.<kind>.ext`: both are kept."""
+    path = base + ext
+    if call.state is None:
+        return path
+    owner = call.state.docs.setdefault(path, kind)
+    if owner == kind:
+        return path
+    path = f"{base}.{kind}{ext}"
+    call.state.docs.setdefault(path, kind)
+    return path
 
 
 def _numbered(call: Call, base: str, ext: str) -> str:
@@ -221,7 +248,7 @@ def _text_value(call: Call, name, value, ops: list) -> None:
     if not isinstance(value, str):
         ops.append(Note("kept_as_text", str(name), f"{type(value).__name__} is not a number"))
         value = repr(value)
-    ops.append(AppendText(artifact_name(name) + ".txt", value))
+    ops.append(AppendText(doc_path(call, artifact_name(name), ".txt", "text"), value))
 
 
 def _metric_points(call: Call, name, values, ops: list) -> None:
@@ -245,7 +272,7 @@ def translate_log(call: Call, name, value, description="", step=None) -> list:
         ops = []
         _text_value(call, name, value, ops)
         return ops
-    key = _keys.get(name)
+    key = _keys.get(name) if type(name) is str else None
     if key is None or key != name:
         ops = []
         key = _key(call, name, ops)
@@ -275,7 +302,7 @@ def translate_log_list(call: Call, name, value, description="") -> list:
         if call.state is not None:
             call.state.kinds.setdefault(str(name), "list")
         ops.append(Note("list_not_numeric", str(name), "kept as JSON artifact"))
-        ops.append(ExtendList(artifact_name(name) + ".json", to_jsonable(values)))
+        ops.append(ExtendList(doc_path(call, artifact_name(name), ".json", "list"), to_jsonable(values)))
     return ops
 
 
@@ -290,7 +317,7 @@ def _table_ops(call: Call, name, columns: dict, nrows: int, ops: list) -> None:
             if number is not None:
                 key = _key(call, f"{name}.{col}", ops)
                 ops.append(Metric(key, number, call.now_ms, row))
-    ops.append(AppendTable(base + ".json",
+    ops.append(AppendTable(doc_path(call, base, ".json", "table"),
                            {str(c): [to_jsonable(v) for v in cells] for c, cells in columns.items()}))
 
 
@@ -308,7 +335,7 @@ def translate_log_table(call: Call, name, value, description="") -> list:
     ops: list = []
     if not isinstance(value, dict):
         ops.append(Note("table_not_dict", str(name), f"{type(value).__name__}; kept as JSON"))
-        ops.append(ExtendList(artifact_name(name) + ".json", [to_jsonable(value)]))
+        ops.append(ExtendList(doc_path(call, artifact_name(name), ".json", "list"), [to_jsonable(value)]))
         return ops
     columns = {}
     for col, cells in value.items():
@@ -334,8 +361,10 @@ def translate_log_image(call: Call, name, path=None, plot=None, description="") 
 
         buffer = io.BytesIO()
         figure.savefig(buffer, format="png")  # now: the user keeps drawing on it
-        key = mlflow_key(name)
-        return [Image(key, buffer.getvalue(), call.state.next_repeat("image:" + key), call.now_ms)]
+        ops: list = []
+        key = _key(call, name, ops)  # the original name kept in its tag, as for metrics
+        ops.append(Image(key, buffer.getvalue(), call.state.next_repeat("image:" + key), call.now_ms))
+        return ops
     if path is None:
         return [Note("no_image", str(name), "log_image got neither path nor plot")]
     source = str(path) if not hasattr(path, "read") else None
@@ -360,9 +389,10 @@ def _rich(call: Call, name, value) -> list:
     base = artifact_name(name)
     n = call.state.next_repeat(base + ".json")
     stem = base if n == 0 else f"{base}_{n}"
-    ops.append(Artifact(stem + ".json", dump_json(obj)))
+    path = doc_path(call, stem, ".json", "rich")
+    ops.append(Artifact(path, dump_json(obj)))
     if isinstance(obj, dict):
-        ops.append(Chart(stem + ".png", to_jsonable(obj), str(name)))
+        ops.append(Chart(path[: -len(".json")] + ".png", to_jsonable(obj), str(name)))
     return ops
 
 
@@ -440,10 +470,10 @@ def translate_upload_file(call: Call, name, path_or_stream, datastore_name=None)
     return [ArtifactFile(artifact_name(name), path_or_stream)]
 
 
-def translate_upload_files(call: Call, names=None, paths=None, return_artifacts=False,
-                           timeout_seconds=None, datastore_name=None, name=None) -> list:
-    """upload_files(names, paths) -> one artifact per name."""
-    names = names if names is not None else name  # _OfflineRun spells it `name`
+def translate_upload_files(call: Call, names, paths, return_artifacts=False,
+                           timeout_seconds=None, datastore_name=None) -> list:
+    """upload_files(names, paths) -> one artifact per name (_OfflineRun spells the first
+    parameter `name`: bridge.py binds keywords by the called class's own signature)."""
     return [ArtifactFile(artifact_name(n), p) for n, p in zip(names or (), paths or ())]
 
 
@@ -452,9 +482,34 @@ def translate_upload_folder(call: Call, name, path, datastore_name=None) -> list
     return [ArtifactFile(artifact_name(name), path)]
 
 
-def translate_complete(call: Call, *args, **kwargs) -> list:
-    """complete() -> FINISHED."""
-    return [End("FINISHED", call.now_ms)]
+def status_left_to_job(run) -> bool:
+    """A job's own run (`_SubmittedRun`, what get_context() returns inside a job): v1's
+    complete() and fail() only flush (fail() also posts the error) and cancel() only warns;
+    the job sets the status when the script ends. The MLflow run stays open for later data
+    and ends at exit with the status the script asked for (see `end_status`)."""
+    cls = getattr(sys.modules.get("azureml.core.run"), "_SubmittedRun", None)
+    return cls is not None and isinstance(run, cls)
+
+
+def end_status(state: RunState | None, status: str) -> str:
+    """The status a run ends with at exit: FINISHED becomes what complete()/fail() asked for
+    on a job's run; an uncaught exception (FAILED) or SIGTERM (KILLED) wins."""
+    if status == "FINISHED" and state is not None and state.end_status is not None:
+        return state.end_status
+    return status
+
+
+def _end(call: Call, status: str) -> list:
+    if status_left_to_job(call.instance):
+        if call.state is not None and (call.state.end_status is None or status == "FAILED"):
+            call.state.end_status = status
+        return []
+    return [End(status, call.now_ms)]
+
+
+def translate_complete(call: Call, _set_status=True) -> list:
+    """complete() -> FINISHED (a job's run: at exit, see status_left_to_job)."""
+    return _end(call, "FINISHED")
 
 
 def _error_tags(call: Call, error_details, error_code) -> list:
@@ -467,12 +522,14 @@ def _error_tags(call: Call, error_details, error_code) -> list:
 
 
 def translate_fail(call: Call, error_details=None, error_code=None, _set_status=True) -> list:
-    """fail(details, code) -> FAILED, details and code kept as tags."""
-    return _error_tags(call, error_details, error_code) + [End("FAILED", call.now_ms)]
+    """fail(details, code) -> FAILED, details and code kept as tags (a job's run: FAILED at exit)."""
+    return _error_tags(call, error_details, error_code) + _end(call, "FAILED")
 
 
 def translate_cancel(call: Call) -> list:
-    """cancel() -> KILLED."""
+    """cancel() -> KILLED (a job's run: nothing, v1 only warns there)."""
+    if status_left_to_job(call.instance):
+        return []
     return [End("KILLED", call.now_ms)]
 
 
@@ -482,14 +539,17 @@ def translate_enter(call: Call) -> list:
 
 
 def translate_exit(call: Call, exit_type=None, value=None, traceback=None) -> list:
-    """end of with-block -> FINISHED, or FAILED (exception kept as tag)."""
+    """end of with-block -> FINISHED, or FAILED (exception kept as tag); a job's run:
+    v1 calls complete() there, whatever happened."""
+    if status_left_to_job(call.instance):
+        return _end(call, "FINISHED")
     if exit_type is None:
         return [End("FINISHED", call.now_ms)]
     detail = f"{exit_type.__name__}: {value}"
     return _error_tags(call, detail, None) + [End("FAILED", call.now_ms)]
 
 
-def translate_flush(call: Call, *args, **kwargs) -> list:
+def translate_flush(call: Call, timeout_seconds=300) -> list:
     """flush() -> nothing to write; the bridge waits for delivery."""
     return []
 

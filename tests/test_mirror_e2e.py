@@ -184,7 +184,10 @@ def test_double_wrapped_super_calls_emit_once(emu, bridge, store, monkeypatch):
     calls = STATE.writer.stats[record.local_id].calls
     assert calls["tag"] == 1 and calls["set_tags"] == 0
     assert calls["complete"] == 1
-    assert store.get_run(azml_v1_bridge.mlflow_run_id(run)).info.status == "FINISHED"
+    rid = azml_v1_bridge.mlflow_run_id(run)
+    assert store.get_run(rid).info.status == "RUNNING"  # a job's run: v1 leaves status to the job
+    bridge.finish()
+    assert store.get_run(rid).info.status == "FINISHED"
 
 
 def test_v1_failure_still_raises_and_mlflow_keeps_the_data(emu, bridge, store, monkeypatch):
@@ -233,7 +236,9 @@ def test_mlflow_mode_sends_no_metric_tag_or_artifact_traffic(emu, bridge, store,
     run.complete()
     kinds = {r.kind for r in emu.requests[before:]}
     assert not kinds & {"metric", "run.patch", "artifact.create", "blob.put", "events", "metricsingest"}, kinds
-    r = store.get_run(azml_v1_bridge.mlflow_run_id(run))
+    rid = azml_v1_bridge.mlflow_run_id(run)
+    bridge.finish()  # a job's run ends when the script does (complete() leaves status to the job)
+    r = store.get_run(rid)
     assert r.info.status == "FINISHED" and r.data.metrics["loss"] == pytest.approx(1 / 3)
 
 
@@ -262,8 +267,9 @@ def test_complete_returns_after_both_sides_hold_everything(emu, bridge, store, m
     assert len(emu.metrics(run.id, "m")) == 300
     rid = run.__dict__["_azml_v1_bridge_record"].mlflow_run_id
     assert len(store.get_metric_history(rid, "m")) == 300
-    assert store.get_run(rid).info.status == "FINISHED"
     assert azml_v1_bridge.mlflow_run_id(run) == rid
+    bridge.finish()
+    assert store.get_run(rid).info.status == "FINISHED"
 
 
 @pytest.mark.parametrize("mode", ["mirror", "mlflow"])

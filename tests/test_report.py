@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from azml_v1_bridge.translate import name_digest
 from conftest import run_script
 import azml_v1_bridge  # noqa: E402
 
@@ -57,7 +58,7 @@ def test_report_counts_equal_the_calls(bridge, store, capfd):
     assert report["mlflow_run_id"] == runs[0].info.run_id
     # 5 loss + 1 renamed + 3 accs + 2 table columns
     assert report["metric_points"] == 11
-    assert report["renamed"] == {"bad name (%)": "bad name ___"}
+    assert report["renamed"] == {"bad name (%)": "bad name ___" + "_" + name_digest("bad name (%)")}
     assert [(n["what"], n["name"], n["count"]) for n in report["notes"]] == [("kept_as_text", "odd", 1)]
     assert report["delivery_failures"] == 0 and report["journaled"] == 0 and report["journal"] is None
     assert report["mode"] == "mirror"

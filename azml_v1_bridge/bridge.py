@@ -12,7 +12,6 @@ import io
 import logging
 import os
 import shutil
-import signal
 import sys
 import threading
 import time

@@ -302,7 +302,6 @@ def _is_read_only(e: BaseException, local_store: bool) -> bool:
 def check_local_store(uri: str | None) -> Cause | None:
     """Before MLflow tries (and retries for a minute): a local store whose file cannot be
     created or written. None when it can, or for a remote store."""
-    import os
 
     path = _local_path(uri)
     if path is None or path == ":memory:":

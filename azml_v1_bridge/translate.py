@@ -157,7 +157,7 @@ def to_number(value):
     if t is int or isinstance(value, numbers.Real):
         try:
             return float(value)
-        except (OverflowError, TypeError, ValueError):
+        except Exception:  # too large for a double, or a __float__ that raises: kept as text
             return None
     item = getattr(value, "item", None)
     if item is not None and getattr(value, "shape", None) == ():  # numpy scalars and 0-d arrays
@@ -168,6 +168,14 @@ def to_number(value):
     return None
 
 
+def safe_repr(value) -> str:
+    """repr(value), or what can be said of a value whose __repr__ raises."""
+    try:
+        return repr(value)
+    except Exception as exc:
+        return f"<unprintable {type(value).__name__}: its __repr__ raised {type(exc).__name__}>"
+
+
 def to_jsonable(value, _depth=0):
     """Something json.dumps takes without loss of anything printable."""
     if value is None or isinstance(value, (str, bool, int)):
@@ -175,7 +183,7 @@ def to_jsonable(value, _depth=0):
     if isinstance(value, float):
         return value if math.isfinite(value) else str(value)
     if _depth > 50:
-        return repr(value)
+        return safe_repr(value)
     if isinstance(value, dict):
         return {str(k): to_jsonable(v, _depth + 1) for k, v in value.items()}
     if isinstance(value, (list, tuple, set, frozenset, range)):
@@ -191,7 +199,7 @@ def to_jsonable(value, _depth=0):
             return to_jsonable(tolist(), _depth + 1)
         except Exception:
             pass
-    return repr(value)
+    return safe_repr(value)
 
 
 def dump_json(obj) -> bytes:
@@ -247,7 +255,7 @@ def _text_value(call: Call, name, value, ops: list) -> None:
         call.state.kinds.setdefault(str(name), "text")
     if not isinstance(value, str):
         ops.append(Note("kept_as_text", str(name), f"{type(value).__name__} is not a number"))
-        value = repr(value)
+        value = safe_repr(value)
     ops.append(AppendText(doc_path(call, artifact_name(name), ".txt", "text"), value))
 
 

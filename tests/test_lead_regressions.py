@@ -133,7 +133,7 @@ def test_writer_keeps_both_documents_when_one_path_gets_two_kinds(store, tmp_pat
     journal) must not raise or drop the cycle's other data. A writer of its own, so a failure
     here cannot leak into other tests."""
     from azml_v1_bridge import config
-    from azml_v1_bridge.deliver import Writer
+    from azml_v1_bridge.delivery.writer import Writer
     from azml_v1_bridge.ops import AppendTable, CreateRun, ExtendList, Metric
     from azml_v1_bridge.runs import Registry
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import collections
 import threading
-import time
 
 from .. import config
 from ..ops import Metric

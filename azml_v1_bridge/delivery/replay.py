@@ -20,7 +20,6 @@ nothing twice:
 from __future__ import annotations
 
 import base64
-import json
 import logging
 import os
 import re

@@ -19,8 +19,8 @@ import gc
 import logging
 import os
 import pickle
+import select
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -57,6 +57,38 @@ def _record_message(record) -> dict:
     return message
 
 
+class _Child:
+    """The writer process, as the training process sees it."""
+
+    def __init__(self, pid: int):
+        self.pid = pid
+        self.returncode = None
+
+    def wait(self, timeout: float | None = None):
+        """Its exit code, or None if it is still running after `timeout` seconds."""
+        if self.returncode is not None:
+            return self.returncode
+        if timeout is not None:
+            try:
+                fd = os.pidfd_open(self.pid)
+            except (AttributeError, OSError):  # no pidfd here: only look, never block
+                fd = None
+                if os.waitpid(self.pid, os.WNOHANG) == (0, 0):
+                    return None
+            if fd is not None:
+                try:
+                    if not select.select([fd], [], [], max(0.0, timeout))[0]:
+                        return None
+                finally:
+                    os.close(fd)
+        try:
+            _, status = os.waitpid(self.pid, 0)
+        except ChildProcessError:  # reaped already
+            status = 0
+        self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+
 class _Journal:
     def __init__(self, path):
         self.path = path
@@ -72,7 +104,7 @@ class ProcessWriter(QueueFront):
         self.errors: list = []
         self.journal: _Journal | None = None
         self._deadline: float | None = None
-        self._proc: subprocess.Popen | None = None
+        self._proc: _Child | None = None
         self._send_conn: Connection | None = None
         self._recv_conn: Connection | None = None
         self._sent: set = set()
@@ -122,20 +154,28 @@ class ProcessWriter(QueueFront):
     # ----------------------------------------------------------- forwarder thread
 
     def _spawn(self) -> None:
+        """Start the child with posix_spawn, not subprocess: Popen waits on a pipe that every
+        process forked meanwhile (a multiprocessing worker started by the training thread at
+        that moment) holds open until it exits, and the writer would wait that long."""
         to_child_r, to_child_w = os.pipe()
         from_child_r, from_child_w = os.pipe()
         env = dict(os.environ)
         env[config.MODE] = "off"  # the child must not bridge itself (e.g. under the launcher)
         env[config.REPORT] = "0"
+        ours = {to_child_r, to_child_w, from_child_r, from_child_w}
+        read_fd, write_fd = [n for n in range(200, 210) if n not in ours][:2]
         try:
-            self._proc = subprocess.Popen(
-                [sys.executable, "-m", "azml_v1_bridge.delivery.sidecar", str(to_child_r),
-                 str(from_child_w)],
-                pass_fds=(to_child_r, from_child_w), env=env, stdin=subprocess.DEVNULL,
-                start_new_session=True, close_fds=True)
+            pid = os.posix_spawn(
+                sys.executable,
+                [sys.executable, "-m", "azml_v1_bridge.delivery.sidecar", str(read_fd), str(write_fd)],
+                env, setsid=True,
+                file_actions=[(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                              (os.POSIX_SPAWN_DUP2, to_child_r, read_fd),
+                              (os.POSIX_SPAWN_DUP2, from_child_w, write_fd)])
         finally:
             os.close(to_child_r)
             os.close(from_child_w)
+        self._proc = _Child(pid)
         self._send_conn = Connection(to_child_w, readable=False, writable=True)
         self._recv_conn = Connection(from_child_r, readable=True, writable=False)
 
@@ -261,10 +301,7 @@ class ProcessWriter(QueueFront):
 
     def _reap(self) -> None:
         if self._proc is not None:
-            try:
-                self._proc.wait(timeout=self._remaining(10))
-            except subprocess.TimeoutExpired:
-                pass
+            self._proc.wait(timeout=self._remaining(10))
 
     def _lost_child(self, exc: BaseException) -> None:
         message = (f"the writer process is gone ({describe_error(exc)}); what it had not "

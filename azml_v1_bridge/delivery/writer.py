@@ -369,10 +369,12 @@ class Writer(QueueFront):
     def _parent_run(self, store: Store, record) -> str | None:
         """The run the parent process creates for `record` (found by its local-id tag)."""
         until = time.monotonic() + FIND_PARENT_RUN_SECONDS
+        if self._deadline is not None:  # exiting (a pool worker's only delivery): within it
+            until = min(until, self._deadline - 1.0)
         delay = 0.1
         while True:
             found = self._retrying("search_runs", store.find_run, LOCAL_ID_TAG, record.local_id)
-            if found is not None or time.monotonic() > until or self._exiting:
+            if found is not None or time.monotonic() > until:
                 return found
             time.sleep(delay)  # the parent's writer creates it in its next cycle
             delay = min(delay * 2, 2.0)

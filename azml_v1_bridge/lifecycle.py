@@ -265,9 +265,11 @@ def _deliver_at_multiprocessing_exit() -> None:
 
 
 def _release_dead_import_locks() -> None:
-    """A fork while another thread was importing (the writer loading MLflow) hands the child
-    that module's import lock, held by a thread that does not exist here: the child's own
-    import of it would wait for ever. Drop such locks, and the half-imported modules."""
+    """A fork while another thread was importing (the writer loading MLflow) leaves the child
+    with that import half done: a module lock held by a thread that does not exist here (its
+    own import of the module would wait for ever), or, once that thread's frames are freed, a
+    half-initialized module in sys.modules (its names missing). Drop those locks, and every
+    module of a package whose import was cut short, so the child imports it afresh."""
     try:
         import importlib._bootstrap as bootstrap
 
@@ -275,15 +277,22 @@ def _release_dead_import_locks() -> None:
     except (ImportError, AttributeError):
         return
     me = threading.get_ident()
+    mine = set()
     for name, ref in list(locks.items()):
         try:
             lock = ref()
         except TypeError:
             lock = ref
         owner = getattr(lock, "owner", None)
-        if lock is None or not owner or owner == me:
-            continue
-        locks.pop(name, None)
-        module = sys.modules.get(name)
-        if module is not None and getattr(getattr(module, "__spec__", None), "_initializing", False):
-            del sys.modules[name]
+        if lock is not None and owner == me:
+            mine.add(name)  # this thread's own import (a fork at import time): left alone
+        elif lock is None or owner:
+            locks.pop(name, None)
+    cut = {name.split(".")[0] for name, module in list(sys.modules.items())
+           if name not in mine
+           and getattr(getattr(module, "__spec__", None), "_initializing", False)}
+    cut -= {name.split(".")[0] for name in mine} | {"azml_v1_bridge", "__main__"}
+    if cut:
+        for name in list(sys.modules):
+            if name.split(".")[0] in cut:
+                del sys.modules[name]

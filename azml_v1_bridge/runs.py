@@ -134,7 +134,7 @@ class Registry:
     def _new_record(self, run, v1_id, mode, parent, experiment, name) -> RunRecord:
         rec = RunRecord(v1_id, parent)
         rec.run_name = name
-        rec.tags = {"azureml.v1.run_id": v1_id, LOCAL_ID_TAG: rec.local_id}
+        rec.tags = {"azureml.v1.run_id": v1_id, LOCAL_ID_TAG: rec.local_id, **_source_tags()}
         fluent = sys.modules.get("mlflow.tracking.fluent")
         # The store is fixed when the run is first seen, as mlflow.start_run() would fix it.
         rec.tracking_uri = config.mlflow_setting(config.MLFLOW_TRACKING_URI)
@@ -181,6 +181,20 @@ class Registry:
 
     def after_fork(self):
         self._lock = threading.RLock()
+
+
+def _source_tags() -> dict:
+    """Who ran what, as MLflow's own start_run records it; taken here, in the training
+    process (the writer may be a process of its own, with another argv)."""
+    import getpass
+
+    try:
+        user = getpass.getuser()
+    except Exception:  # no passwd entry (a container running as a bare uid)
+        user = ""
+    source = sys.argv[0] if sys.argv and sys.argv[0] else ""
+    return {"mlflow.source.name": os.path.basename(source), "mlflow.source.type": "LOCAL",
+            "mlflow.user": user}
 
 
 def _v1_experiment_name(run) -> str | None:

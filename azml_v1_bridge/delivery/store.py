@@ -5,11 +5,9 @@ Nothing here holds a lock across a call, so `os.fork()` never waits for the netw
 """
 from __future__ import annotations
 
-import getpass
 import io
 import logging
 import os
-import sys
 import tempfile
 
 from .batching import batch_json
@@ -18,22 +16,10 @@ from .errors import Unusable
 logger = logging.getLogger("azml_v1_bridge")
 
 
-def _user() -> str:
-    try:
-        return getpass.getuser()
-    except Exception:  # no passwd entry (containers running as a bare uid)
-        return ""
-
-
 def creation_tags(record) -> dict:
-    """The tags a run is created with, like MLflow's own start_run (user, source), plus the
-    record's; the parent's id is added by whoever creates it."""
-    tags = {k: v for k, v in record.tags.items() if k != "mlflow.parentRunId"}
-    source = sys.argv[0] if sys.argv and sys.argv[0] else ""
-    tags.setdefault("mlflow.source.name", os.path.basename(source) if source else "")
-    tags.setdefault("mlflow.source.type", "LOCAL")
-    tags.setdefault("mlflow.user", _user())
-    return tags
+    """The tags a run is created with: the record's (the v1 run id, who ran what, as MLflow's
+    own start_run records it; see runs.py); the parent's id is added by whoever creates it."""
+    return {k: v for k, v in record.tags.items() if k != "mlflow.parentRunId"}
 
 
 def sqlite_path(uri: str | None) -> str | None:
@@ -83,6 +69,8 @@ class Store:
             cause = causes.check_store_modules(self.uri) or causes.check_local_store(self.uri)
             if cause is not None:
                 raise Unusable(cause)
+            if self.uri.startswith("azureml:"):  # a failed sign-in logs dozens of lines
+                causes.quiet_azure_sign_in()
             from mlflow.tracking import MlflowClient
 
             path = sqlite_path(self.uri)

@@ -395,8 +395,10 @@ class Writer(QueueFront):
             self.ensure_run(record)
             return
         record.experiment_id = record.experiment_id or run.info.experiment_id
-        tags = {k: v for k, v in record.tags.items()
-                if k != "mlflow.parentRunId" and run.data.tags.get(k) != v}
+        there = run.data.tags
+        # the v1 tags it lacks; who made the run and from what stay as its owner set them
+        tags = {k: v for k, v in record.tags.items() if k != "mlflow.parentRunId"
+                and (k not in there if k.startswith("mlflow.") else there.get(k) != v)}
         if tags:
             self._retrying("set_tags", store.set_tags, record.mlflow_run_id, tags)
         store.adopted.add(record.mlflow_run_id)

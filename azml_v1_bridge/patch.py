@@ -325,7 +325,12 @@ def disable() -> None:
     """Restore every original v1 attribute; data already logged is still delivered."""
     with PATCHES.lock:
         for cls, name, original in reversed(PATCHES.saved):
-            if original is _ABSENT:
+            if original is _ABSENT and name == "__new__":
+                # CPython keeps an added __new__'s slot on the class and its subclasses once it
+                # is deleted, and object.__new__ then refuses the constructor's arguments: a
+                # neutral one stays instead (the only attribute disable() leaves behind).
+                cls.__new__ = staticmethod(_object_new)
+            elif original is _ABSENT:
                 if name in cls.__dict__:
                     delattr(cls, name)
             else:
@@ -333,6 +338,10 @@ def disable() -> None:
         PATCHES.saved.clear()
         PATCHES.active = False
         bridge.STATE.mode = "off"
+
+
+def _object_new(cls, *args, **kwargs):
+    return object.__new__(cls)
 
 
 def is_enabled() -> bool:

@@ -1450,21 +1450,14 @@ def _one_line(text: str) -> str:
     return lines[-1].strip() if lines else "(no output)"
 
 
-def _script_of(result: FileResult) -> str:
+def _script_of(result: FileResult, migrated: bool = True) -> str:
+    """The migrated (or original) source as one script; a notebook's cells without magics."""
     if result.notebook is None:
-        return result.new
+        return result.new if migrated else result.old
     parts = []
-    for _, _, new in result.cells:
-        parts.append("\n".join(l for l in new.splitlines() if not l.lstrip().startswith(("%", "!"))))
-    return "\n\n".join(parts) + "\n"
-
-
-def _original_script(result: FileResult) -> str:
-    if result.notebook is None:
-        return result.old
-    parts = []
-    for _, old, _ in result.cells:
-        parts.append("\n".join(l for l in old.splitlines() if not l.lstrip().startswith(("%", "!"))))
+    for _, old, new in result.cells:
+        code = new if migrated else old
+        parts.append("\n".join(l for l in code.splitlines() if not l.lstrip().startswith(("%", "!"))))
     return "\n\n".join(parts) + "\n"
 
 
@@ -1501,7 +1494,7 @@ def _check_in(script, folder, tmp, args, timeout, result, python) -> CheckResult
         _copy_tree(folder, work, avoid=tmp)
         target = os.path.join(work, name)
         with open(target, "w", encoding="utf-8") as fh:
-            fh.write(_original_script(result) if side == "original" else _script_of(result))
+            fh.write(_script_of(result, migrated=False) if side == "original" else _script_of(result))
         store = os.path.join(tmp, side + "-store")
         os.makedirs(store)
         uri = f"sqlite:///{store}/mlflow.db"

@@ -299,7 +299,15 @@ def test_disable_puts_v1s_classes_back(bridge):
     assert hasattr(Workspace.__dict__["from_config"], "_self_wrapper")  # patched: the check below can fail
     bridge.disable()
     try:
-        assert "__new__" not in Run.__dict__ and "register_model" not in _OfflineRun.__dict__
+        from azml_v1_bridge import patch
+        from azureml.core.script_run import ScriptRun
+
+        # __new__ cannot be deleted cleanly (CPython keeps its slot): a neutral one stays, and
+        # v1's classes construct with their arguments as before
+        assert Run.__dict__["__new__"].__func__ is patch._object_new
+        assert type(Run.__new__(Run, "experiment", "run-id")) is Run
+        assert type(ScriptRun.__new__(ScriptRun, "experiment", "run-id")) is ScriptRun
+        assert "register_model" not in _OfflineRun.__dict__
         for cls, name in ((Workspace, "__init__"), (Workspace, "from_config"), (Experiment, "__init__"),
                           (Experiment, "list"), (Run, "list"), (Model, "__init__"), (Model, "register")):
             assert not hasattr(cls.__dict__[name], "_self_wrapper"), (cls, name)  # no wrapt wrapper

@@ -93,10 +93,15 @@ def is_permanent(exc: BaseException, uri: str | None = None) -> bool:
 
 
 def describe_error(exc: BaseException, uri: str | None = None) -> str:
-    """One line naming the cause where it is known, else the exception; credentials redacted."""
+    """A store failure in one line, naming its cause where it is known; credentials redacted."""
     cause = cause_of(exc, uri)
     if cause is not None and getattr(cause, "kind", "other") != "other":
         return config.redact(getattr(cause, "reason", None) or cause.message)
+    return plain_error(exc)
+
+
+def plain_error(exc: BaseException) -> str:
+    """Any other failure (a chart, a bug) as it is; credentials redacted."""
     text = f"{type(exc).__name__}: {exc}"
     return config.redact(text if len(text) < 500 else text[:500] + "...")
 

@@ -163,21 +163,19 @@ class Journal:
     def forget_after_fork(self) -> None:
         """In a forked child: close the inherited descriptor; the child journals to a file of
         its own (the lock may be held by a thread that did not survive the fork)."""
+        self._close_fd()
+
+    def close(self) -> None:
+        with self._lock:
+            self._close_fd()
+
+    def _close_fd(self) -> None:
         if self._fd is not None:
             try:
                 os.close(self._fd)
             except OSError:
                 pass
             self._fd = None
-
-    def close(self) -> None:
-        with self._lock:
-            if self._fd is not None:
-                try:
-                    os.close(self._fd)
-                except OSError:
-                    pass
-                self._fd = None
 
 
 # ---------------------------------------------------------------- reading

@@ -30,7 +30,7 @@ from ..ops import (FAILED_NOTES, Artifact, ArtifactFile, Chart, CreateRun, End, 
                    Note, Param, Tag)
 from .batching import DOC_KINDS, Work, batches, halves
 from .errors import (ITEM_ERRORS, RUN_ERRORS, Refused, Unreachable, describe_error, error_code,
-                     is_item_error, is_permanent)
+                     is_item_error, is_permanent, plain_error)
 from .journal import Journal
 from .queue import CLOSE, FLUSH, QueueFront
 from .store import Store, creation_tags
@@ -88,7 +88,7 @@ class Writer(QueueFront):
             try:
                 self._cycle()
             except BaseException as exc:  # the writer must outlive any bug
-                self._problem("writer", f"writer cycle failed: {describe_error(exc)}", exc)
+                self._problem("writer", f"writer cycle failed: {plain_error(exc)}", exc)
 
     def _prewarm(self) -> None:
         """Load MLflow (about a second) and open the first run's store now, while the
@@ -506,7 +506,7 @@ class Writer(QueueFront):
                 work.files.append((op.path, png))
             except Exception as exc:
                 self._note(record, Note("chart_skipped", op.title,
-                                        f"{describe_error(exc)}; the JSON is kept"))
+                                        f"{plain_error(exc)}; the JSON is kept"))
 
     def _send_files(self, store, run_id, record, work: Work, stats) -> None:
         files = work.files + record.ledger.docs.render(work.docs)

@@ -73,6 +73,11 @@ class Config:
     launcher_run_id: str | None = None
     rank: str | None = None
 
+    def writer_settings(self) -> tuple:
+        """What a writer is built with: a change here needs a new writer; a new mode does not."""
+        return (self.journal, self.charts, self.queue_max, self.flush_interval,
+                self.retry_seconds, self.exit_timeout, self.sigterm_timeout, self.writer)
+
     def outputs_enabled(self) -> bool:
         return self.mode == "mlflow" if self.outputs is None else self.outputs
 

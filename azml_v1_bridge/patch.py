@@ -288,7 +288,8 @@ def enable(mode: str | None = None) -> str:
 
         cfg = replace(cfg, mode=config.check_mode(mode))
     with PATCHES.lock:
-        if bridge.STATE.writer is not None and cfg != bridge.STATE.cfg:
+        writer_changed = cfg.writer_settings() != bridge.STATE.cfg.writer_settings()
+        if bridge.STATE.writer is not None and writer_changed:
             lifecycle.retire_writer()  # new settings: the next call starts a writer that has them
         bridge.STATE.cfg = cfg
         if cfg.mode == "off":

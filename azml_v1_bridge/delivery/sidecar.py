@@ -34,6 +34,8 @@ from .writer import Writer
 
 logger = logging.getLogger("azml_v1_bridge")
 
+HANDED = object()  # queue marker: everything before it is in the pipe
+
 RECORD_FIELDS = ("local_id", "experiment_id", "experiment_name", "mlflow_run_id", "adopted",
                  "run_name", "start_ms", "tags", "owner_pid", "key_suffix", "ledger")
 
@@ -123,6 +125,13 @@ class ProcessWriter(QueueFront):
             return True
         return self._wait_for(CLOSE, timeout)
 
+    def handed_over(self, timeout: float | None = None) -> bool:
+        """Wait until every call submitted so far is in the writer process's pipe (what a
+        training process killed after this still delivers), without waiting for delivery."""
+        if self._thread is None and not self._queue:
+            return True
+        return self._wait_for(HANDED, timeout)
+
     def client(self, uri: str):
         client = self._clients.get(uri)
         if client is None:
@@ -204,6 +213,11 @@ class ProcessWriter(QueueFront):
                 batch.append(item)
                 continue
             record, method, ops = item
+            if method is HANDED:
+                self._send(batch)
+                batch = []
+                ops.set()
+                continue
             if method is FLUSH or method is CLOSE:
                 self._send(batch)
                 batch = []
@@ -219,8 +233,8 @@ class ProcessWriter(QueueFront):
             if len(batch) >= 20_000:
                 self._send(batch)
                 batch = []
-        self._drained.set()
         self._send(batch)
+        self._drained.set()  # everything taken so far is in the pipe (or the fallback)
 
     def _send(self, batch: list) -> None:
         if not batch:

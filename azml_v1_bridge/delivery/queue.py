@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import threading
+import time
 
 from .. import config
 from ..ops import Metric
@@ -76,6 +77,7 @@ class QueueFront:
     def _wait_for(self, marker, timeout: float | None) -> bool:
         """Queue a marker behind everything submitted so far and wait until the loop reaches it."""
         done = threading.Event()
+        done.until = None if timeout is None else time.monotonic() + max(0.0, timeout)
         self._queue.append((None, marker, done))
         self._start()
         self._wake.set()

@@ -265,6 +265,9 @@ class ProcessWriter(QueueFront):
         try:
             if self._fallback is None and self._send_conn is not None:
                 timeout = self._remaining(self.cfg.exit_timeout)
+                until = getattr(done, "until", None)
+                if until is not None:  # the caller waits no longer than this: nor does the child
+                    timeout = min(timeout, max(0.0, until - time.monotonic()))
                 try:
                     name = "close" if marker is CLOSE else "flush"
                     exiting = self._deadline is not None

@@ -46,6 +46,7 @@ class State:
         self.registry = Registry()
         self.writer: Writer | None = None
         self.pid = os.getpid()
+        self.forked = False
         self.failures = 0
         self.warned: set = set()
 
@@ -59,7 +60,10 @@ class State:
             with _WRITER_LOCK:  # threads making their first call at once must share one writer
                 writer = self.writer
                 if writer is None:
-                    if self.cfg.writer == "process":
+                    # A forked child (a Pool or DataLoader worker) writes from a thread: a
+                    # second interpreter per worker costs more than the worker's own logging,
+                    # and its exit must journal what it holds before the process is gone.
+                    if self.cfg.writer == "process" and not self.forked:
                         from .delivery.sidecar import ProcessWriter
 
                         writer = ProcessWriter(self.cfg)
@@ -492,4 +496,5 @@ def after_fork_in_child() -> None:
         STATE.writer.forget_after_fork()  # the parent's queue is the parent's to deliver
     STATE.writer = None
     STATE.pid = os.getpid()
+    STATE.forked = True
     STATE.registry.after_fork()

@@ -281,6 +281,7 @@ pid = os.fork()
 if pid == 0:
     for s in range(50):
         run.log("loss", float(s))
+    print("child writer", type(azml_v1_bridge.bridge.STATE.writer).__name__, flush=True)
     sys.exit(0)
 _, status = os.waitpid(pid, 0)
 print("child", pid, os.waitstatus_to_exitcode(status), round(time.monotonic() - started, 1),
@@ -306,6 +307,8 @@ def test_fork_while_the_writer_is_mid_request(writer, tmp_path):
           f"{len({p for p in pairs if p[0] == 'loss'})} 'loss' steps (100 logged by the parent) and "
           f"{len({p for p in pairs if p[0] == f'loss/fork_{pid}'})} of 50 child pairs")
     assert code == "0" and float(seconds) < 60
+    # a forked child writes from a thread: its exit journals before the child is gone
+    assert script.wait_line("child writer").split()[-1] == "Writer"
     assert {s for k, s in pairs if k == "loss"} == set(range(100))
     assert {s for k, s in pairs if k == f"loss/fork_{pid}"} == set(range(50))
 
@@ -400,6 +403,59 @@ def test_sigterm_against_a_store_that_never_answers(writer, tmp_path):
     assert script.proc.returncode == -signal.SIGTERM, script.stderr[-4000:]
     assert seconds < 45
     assert pairs == {("loss", s) for s in range(100)}
+
+
+SIGTERM_INSIDE_SCRIPT = """
+import os, signal, sys
+import azml_v1_bridge
+from azureml.core import Run
+run = Run.get_context()
+for s in range(500):
+    run.log("loss", float(s))
+fired = []
+
+lines = []
+
+def inside_set(frame, event, arg):  # a SIGTERM while the training thread wakes the writer
+    if event == "line" and not fired:
+        lines.append(frame.f_lineno)
+        if len(lines) == 2:  # past the first statement (`with self._cond:` in Event.set)
+            fired.append(frame.f_lineno)
+            os.kill(os.getpid(), signal.SIGTERM)
+    return inside_set
+
+def tracer(frame, event, arg):
+    caller = frame.f_back
+    if (frame.f_code.co_name == "set" and caller is not None and not fired
+            and "azml_v1_bridge" in caller.f_code.co_filename):
+        return inside_set
+    return None
+
+print("half", flush=True)
+sys.settrace(tracer)
+run.flush()
+sys.settrace(None)
+print("survived", fired, flush=True)
+"""
+
+
+def test_sigterm_inside_the_bridges_own_code(writer, sqlite_uri, tmp_path):
+    """The signal lands while the training thread is inside the bridge (waking the writer for a
+    flush): the exit then runs on that thread and must not wait on anything the interrupted frame
+    holds. Before the writer was woken through a pipe, `threading.Event.set` held a lock here and
+    the exit waited on it for ever (a CI run hung past 120 s)."""
+    env = bridged_env(writer, sqlite_uri)
+    with Script(SIGTERM_INSIDE_SCRIPT, tmp_path, env) as script:
+        script.wait_line("half")
+        script.finish(90)
+    client = client_for(sqlite_uri)
+    run = one_run(client, env["MLFLOW_EXPERIMENT_NAME"])
+    steps = run_pairs(client, run.info.run_id)
+    print(f"sigterm inside/{writer}: rc {script.proc.returncode}, exit {script.wall:.1f}s, "
+          f"{len(set(steps.get('loss', [])))} of 500 points, status {run.info.status}")
+    assert script.proc.returncode == -signal.SIGTERM, script.stdout + script.stderr[-4000:]
+    assert steps.get("loss") == list(range(500))
+    assert run.info.status == "KILLED"
 
 
 # ---------------------------------------------------------------- one exit deadline

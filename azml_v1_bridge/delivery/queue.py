@@ -8,6 +8,8 @@ collections in the user's process).
 from __future__ import annotations
 
 import collections
+import os
+import select
 import threading
 import time
 
@@ -19,14 +21,60 @@ FLUSH = object()    # queue marker: deliver everything before it
 CLOSE = object()    # queue marker: deliver everything, then stop
 
 
+class Wakeup:
+    """An event that any code may set, a signal handler included: a byte in a pipe, where
+    `threading.Event.set` takes a lock. A SIGTERM landing while the training thread is
+    inside `Event.set` ran our exit on that thread, whose `set` then waited for ever on the
+    lock the interrupted frame held (a CI run hung past 120 s that way)."""
+
+    def __init__(self):
+        self._read, self._write = os.pipe()  # not inherited by children (PEP 446)
+        os.set_blocking(self._read, False)
+        os.set_blocking(self._write, False)
+        self._flag = False
+
+    def set(self) -> None:
+        self._flag = True
+        try:
+            os.write(self._write, b"\0")
+        except OSError:  # full (a wake-up is pending anyway) or closed
+            pass
+
+    def is_set(self) -> bool:
+        return self._flag
+
+    def clear(self) -> None:
+        self._flag = False
+        try:
+            while os.read(self._read, 4096):
+                pass
+        except OSError:  # empty
+            pass
+
+    def wait(self, timeout: float | None = None) -> bool:
+        if not self._flag:
+            try:
+                select.select([self._read], [], [], timeout)
+            except (OSError, ValueError):  # closed under us: behave as a timeout
+                pass
+        return self._flag
+
+    def __del__(self):
+        for fd in (self._read, self._write):
+            try:
+                os.close(fd)
+            except (OSError, TypeError, AttributeError):
+                pass
+
+
 class QueueFront:
     THREAD_NAME = "azml_v1_bridge-writer"
 
     def _init_front(self, cfg: config.Config) -> None:
         self.cfg = cfg
         self._queue: collections.deque = collections.deque()
-        self._wake = threading.Event()
-        self._drained = threading.Event()  # set by the loop each time it empties the queue
+        self._wake = Wakeup()
+        self._drained = Wakeup()  # set by the loop each time it empties the queue
         self._thread: threading.Thread | None = None
         self._start_lock = threading.RLock()  # RLock: a SIGTERM handler may flush mid-_start
         self.records: dict[str, object] = {}
@@ -101,6 +149,6 @@ class QueueFront:
         """In a forked child: the thread did not survive the fork, and the parent's queue is
         the parent's (it delivers it). The child's next call starts a writer of its own."""
         self._queue = collections.deque()
-        self._wake, self._drained = threading.Event(), threading.Event()
+        self._wake, self._drained = Wakeup(), Wakeup()
         self._thread = None
         self._start_lock = threading.RLock()

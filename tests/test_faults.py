@@ -281,7 +281,7 @@ pid = os.fork()
 if pid == 0:
     for s in range(50):
         run.log("loss", float(s))
-    print("child writer", type(azml_v1_bridge.bridge.STATE.writer).__name__, flush=True)
+    print("forked writer", type(azml_v1_bridge.bridge.STATE.writer).__name__, flush=True)
     sys.exit(0)
 _, status = os.waitpid(pid, 0)
 print("child", pid, os.waitstatus_to_exitcode(status), round(time.monotonic() - started, 1),
@@ -308,7 +308,7 @@ def test_fork_while_the_writer_is_mid_request(writer, tmp_path):
           f"{len({p for p in pairs if p[0] == f'loss/fork_{pid}'})} of 50 child pairs")
     assert code == "0" and float(seconds) < 60
     # a forked child writes from a thread: its exit journals before the child is gone
-    assert script.wait_line("child writer").split()[-1] == "Writer"
+    assert script.wait_line("forked writer").split()[-1] == "Writer"
     assert {s for k, s in pairs if k == "loss"} == set(range(100))
     assert {s for k, s in pairs if k == f"loss/fork_{pid}"} == set(range(50))
 

@@ -65,7 +65,10 @@ PATCHES = _Patches()
 
 def _wrapper(method: str):
     # wrapt calls wrapper(wrapped, instance, args, kwargs); a partial saves a Python frame per call
-    wrapper = functools.partial(bridge.handle, method, standin=STANDINS.get(method))
+    if method == "log" and "log" not in STANDINS:
+        wrapper = functools.partial(bridge.handle_log)
+    else:
+        wrapper = functools.partial(bridge.handle, method, standin=STANDINS.get(method))
     wrapper._azml_v1_bridge = True
     return wrapper
 

@@ -268,6 +268,26 @@ def _metric_points(call: Call, name, values, ops: list) -> None:
 
 # ---------------------------------------------------------------- the table
 
+def log_point(state: RunState, name, value, step=None):
+    """The common run.log, for bridge.handle_log: a name already seen that needs no rewriting,
+    a float or int value -> (number, step). None: translate_log decides."""
+    t = type(value)
+    if t is float:
+        number = value
+    elif t is int and -(1 << 53) <= value <= (1 << 53):
+        number = float(value)
+    else:
+        return None
+    if type(name) is not str or _keys.get(name) != name:  # first use, or a rewritten name
+        return None
+    if step is None:
+        counter = state.steps.get(name)
+        if counter is None:
+            return None
+        return number, next(counter)
+    return (number, step) if -(1 << 63) <= step < (1 << 63) else None
+
+
 def translate_log(call: Call, name, value, description="", step=None) -> list:
     """log(name, number|bool) -> metric, step explicit or per-(run, name) counter;
     log(name, str) -> every value appended to text artifact name.txt."""

@@ -324,8 +324,8 @@ def report(out: dict) -> str:
         lines += ["1. calling-thread cost of one run.log (per call: median over rounds, best round)",
                   "| client | wall µs/call | best round | thread CPU µs/call | process CPU µs/call | "
                   "direct ÷ this | this ÷ v1 |", "|---|---|---|---|---|---|---|"]
-        for name, label in (("bridge_process", "bridge, mlflow mode, writer process"),
-                            ("bridge_thread", "bridge, mlflow mode, writer thread (default)"),
+        for name, label in (("bridge_process", "bridge, mlflow mode, writer process (default)"),
+                            ("bridge_thread", "bridge, mlflow mode, writer thread"),
                             ("v1", "v1's own client (bridge off, emulator)"),
                             ("direct", "mlflow.log_metric, same server")):
             row = calls.get(name, {})
@@ -348,8 +348,8 @@ def report(out: dict) -> str:
                   "|---|---|---|---|---|"]
         for state in ("warm", "cold"):
             hand = notebook[state]["handwritten"]["seconds"]
-            for name, label in (("bridge_process", "bridge, writer process"),
-                                ("bridge_thread", "bridge, writer thread (default)"),
+            for name, label in (("bridge_process", "bridge, writer process (default)"),
+                                ("bridge_thread", "bridge, writer thread"),
                                 ("handwritten", "hand-written MlflowClient.log_batch")):
                 row = notebook[state][name]
                 lines.append(f"| {state} | {label} | {row['seconds']:.2f} | "

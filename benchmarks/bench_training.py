@@ -17,7 +17,7 @@ Clients, each in a fresh interpreter, alternating order from round to round:
 
 - `none`: the loop without logging (the baseline of loop slowdown);
 - `thread` / `process`: `import azml_v1_bridge` (mlflow mode), AZML_V1_BRIDGE_WRITER=thread
-  (the default) / =process;
+  / =process (the default);
 - `async`: MLflow's own async logging (`mlflow.config.enable_async_logging()`,
   MLFLOW_ASYNC_LOGGING_BUFFERING_SECONDS=1), `mlflow.log_metric(s)` with step;
 - `sync`: synchronous `mlflow.log_metric(s)` (far fewer steps; reported per step);
@@ -521,8 +521,8 @@ def main(argv=None) -> int:
     return 0
 
 
-LABELS = {"none": "no logging", "thread": "bridge, writer thread (default)",
-          "process": "bridge, writer process", "async": "MLflow async logging",
+LABELS = {"none": "no logging", "thread": "bridge, writer thread",
+          "process": "bridge, writer process (default)", "async": "MLflow async logging",
           "sync": "mlflow.log_metric (synchronous)", "handwritten": "hand-written log_batch at the end"}
 
 

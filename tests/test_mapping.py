@@ -77,6 +77,42 @@ def test_log_explicit_step(store, bridge):
     assert history(store, r.info.run_id, "x") == [(10, 1.0), (20, 2.0)]
 
 
+def test_log_lean_path_and_general_path_keep_one_series(store, bridge):
+    """mlflow mode takes a lean path for run.log(name, float|int[, step=int]) once a name was
+    seen (bridge.handle_log); every other form takes the general one. Interleaved, they share
+    the step counter and record what the general path alone records."""
+    import numpy as np
+
+    bridge.enable("mlflow")
+    run = v1_run()
+    calls = [
+        (("loss", 0.5), {}),                      # first use: general path
+        (("loss", 0.25), {}),                     # lean
+        (("loss", 3), {}),                        # lean, an int
+        (("loss", np.float32(0.5)), {}),          # general: numpy scalar
+        (("loss", True), {}),                     # general: bool
+        (("loss", 0.125, "with a description"), {}),
+        (("loss", 2**60), {}),                    # general: an int a double cannot hold
+        (("loss",), {"value": 1.5}),              # general: by keyword
+        (("loss", float("nan")), {}),             # lean: NaN is a number
+        (("acc@top1", 0.9), {}),                  # a rewritten name: always general
+        (("acc@top1", 0.8), {}),
+        (("x", 1.0), {"step": 10}),               # general (first use)
+        (("x", 2.0), {"step": 20}),               # lean, explicit step
+        (("x", 3.0), {}),                         # general: x's first implicit step
+    ]
+    for args, kwargs in calls:
+        run.log(*args, **kwargs)
+    r = mlflow_run(run, store)
+    loss = history(store, r.info.run_id, "loss")
+    assert [s for s, _ in loss] == list(range(9))
+    assert [v for _, v in loss][:8] == [0.5, 0.25, 3.0, 0.5, 1.0, 0.125, float(2**60), 1.5]
+    assert loss[8][1] != loss[8][1]  # NaN
+    renamed = [k for k in r.data.metrics if k.startswith("acc_top1_")]
+    assert len(renamed) == 1 and history(store, r.info.run_id, renamed[0]) == [(0, 0.9), (1, 0.8)]
+    assert history(store, r.info.run_id, "x") == [(0, 3.0), (10, 1.0), (20, 2.0)]
+
+
 def test_offline_step_is_v1s_type_error_in_mirror(store, bridge):
     bridge.enable("mirror")
     run = v1_run()

@@ -105,6 +105,17 @@ class QueueFront:
             if n > self.cfg.queue_max:
                 self._backpressure()
 
+    def submit_point(self, item: tuple) -> None:
+        """A lone metric point of a run this writer has seen: (local_id, method, key, value,
+        timestamp, step), as submit() queues it."""
+        queue = self._queue
+        queue.append(item)
+        n = len(queue)
+        if n % WAKE_EVERY == 0:
+            self._wake.set()
+            if n > self.cfg.queue_max:
+                self._backpressure()
+
     def _backpressure(self) -> None:
         # Over the cap: the caller waits while the writer drains (or spills).
         if threading.current_thread() is self._thread:

@@ -34,7 +34,7 @@ import weakref
 from . import bridge, ranks
 from .runs import ATTR
 from .translate import (LONG_VALUES_DIR, MAX_PARAM_VALUE, MAX_TAG_VALUE, RENAMED_TAG_PREFIX,
-                        V1_RUN_ID_TAG, artifact_name)
+                        V1_RUN_ID_TAG, artifact_name, kept_doc_path)
 
 # MLflow status -> v1 status.
 STATUS = {"RUNNING": "Running", "SCHEDULED": "NotStarted", "FINISHED": "Completed",
@@ -218,17 +218,26 @@ def _original_names(tags: dict) -> dict:
     return {k[n:]: v for k, v in tags.items() if k.startswith(RENAMED_TAG_PREFIX)}
 
 
-def _kinds(record) -> dict:
-    """v1 name -> "text" | "list" for names the bridge keeps as files (this process's runs)."""
-    return dict(getattr(record.state, "kinds", None) or {}) if record is not None else {}
+def _kinds(record) -> list:
+    """(v1 name, "text" | "list", document path) for names the bridge keeps as files (this
+    process's runs); a name used for two kinds has two documents."""
+    state = getattr(record, "state", None) if record is not None else None
+    if state is None:
+        return []
+    return [(name, kind, _doc_path(state, name, kind))
+            for name, kinds in sorted(state.kinds.items()) for kind in sorted(kinds)]
 
 
 def _tables(record) -> set:
     return set(record.state.rows) if record is not None else set()
 
 
-def _doc_path(name: str, kind: str) -> str:
-    return artifact_name(name) + (".txt" if kind == "text" else ".json")
+def _doc_path(state, name: str, kind: str) -> str:
+    return kept_doc_path(state, artifact_name(name), ".txt" if kind == "text" else ".json", kind)
+
+
+def _table_path(record, table: str) -> str:
+    return kept_doc_path(getattr(record, "state", None), artifact_name(table), ".json", "table")
 
 
 # ---------------------------------------------------------------- metrics
@@ -283,10 +292,10 @@ def _metrics_of(t: Target, only=None) -> dict:
                        for col, points in table_points[table].items()}
         if columns:
             out[table] = columns
-    for v1_name, kind in sorted(kinds.items()):
+    for v1_name, kind, path in kinds:
         if only is not None and v1_name != only:
             continue
-        values = _read_doc_values(t, _doc_path(v1_name, kind), kind)
+        values = _read_doc_values(t, path, kind)
         if values:
             numbers = out.get(v1_name, [])  # the name was also logged as a number
             out[v1_name] = _shape((numbers if isinstance(numbers, list) else [numbers]) + values)
@@ -338,7 +347,7 @@ def _read_table(t: Target, table: str):
     """The whole table as v1 returned it ({column: [cells]}), ranks' rows one after another."""
     merged: dict | None = None
     nrows = 0
-    for path in _rank_variants(t, artifact_name(table) + ".json"):
+    for path in _rank_variants(t, _table_path(t.record, table)):
         data = _download_bytes(t, path)
         if data is None:
             continue
@@ -431,8 +440,8 @@ def _all_files(t: Target, path: str | None = None) -> list:
 
 def _generated(t: Target) -> set:
     """The files the bridge made to hold v1 metrics (not files in v1)."""
-    paths = {artifact_name(table) + ".json" for table in _tables(t.record)}
-    paths |= {_doc_path(name, kind) for name, kind in _kinds(t.record).items()}
+    paths = {_table_path(t.record, table) for table in _tables(t.record)}
+    paths |= {path for _, _, path in _kinds(t.record)}
     return paths
 
 

@@ -41,7 +41,7 @@ class RunState:
         self.repeats: dict[str, itertools.count] = {}  # artifact name -> how many so far
         self.params: dict[str, str] = {}               # write-once properties
         self.renamed: set[str] = set()                 # names already reported as rewritten
-        self.kinds: dict[str, str] = {}                # v1 name -> "text" | "list": kept as a file
+        self.kinds: dict[str, set] = {}                # v1 name -> {"text", "list"}: kept as files
         self.docs: dict[str, str] = {}                 # document path -> the kind that holds it
         self.end_status: str | None = None             # a job's run: status its script asked for
 
@@ -244,6 +244,15 @@ def doc_path(call: Call, base: str, ext: str, kind: str) -> str:
     return path
 
 
+def kept_doc_path(state: RunState | None, base: str, ext: str, kind: str) -> str:
+    """Where doc_path put a document of this kind (for reads): `base.ext` when that kind
+    came first under the name, else `base.<kind>.ext`."""
+    path = base + ext
+    if state is None or state.docs.get(path, kind) == kind:
+        return path
+    return f"{base}.{kind}{ext}"
+
+
 def _numbered(call: Call, base: str, ext: str) -> str:
     """`base.ext`, then `base_1.ext`, `base_2.ext`...: a repeat never overwrites."""
     n = call.state.next_repeat(base + ext)
@@ -252,7 +261,7 @@ def _numbered(call: Call, base: str, ext: str) -> str:
 
 def _text_value(call: Call, name, value, ops: list) -> None:
     if call.state is not None:
-        call.state.kinds.setdefault(str(name), "text")
+        call.state.kinds.setdefault(str(name), set()).add("text")
     if not isinstance(value, str):
         ops.append(Note("kept_as_text", str(name), f"{type(value).__name__} is not a number"))
         value = safe_repr(value)
@@ -328,7 +337,7 @@ def translate_log_list(call: Call, name, value, description="") -> list:
         _metric_points(call, name, numbers_, ops)
     elif values:
         if call.state is not None:
-            call.state.kinds.setdefault(str(name), "list")
+            call.state.kinds.setdefault(str(name), set()).add("list")
         ops.append(Note("list_not_numeric", str(name), "kept as JSON artifact"))
         ops.append(ExtendList(doc_path(call, artifact_name(name), ".json", "list"), to_jsonable(values)))
     return ops

@@ -295,6 +295,21 @@ def test_shared_run_reads_merge_every_ranks_series(mlflow_mode, store, monkeypat
     assert run.get_file_names() == []
 
 
+def test_one_name_for_a_table_and_a_list_reads_both_documents(mlflow_mode, store):
+    """log_row("t") keeps t.json; a non-numeric log_list("t") then goes to t.list.json (both
+    kept). Reads find each where it was written, and neither shows as a user file."""
+    run = offline_run()
+    run.log_row("t", a=1)
+    run.log_list("t", ["x", "y"])
+    run.log("t", "a note")            # text: t.txt
+    run.flush()
+    paths = set(_all_paths(store, azml_v1_bridge_mlflow_id(run)))
+    assert {"t.json", "t.list.json", "t.txt"} <= paths
+    got = run.get_metrics(name="t")["t"]
+    assert got[0] == {"a": [1]} and sorted(got[1:]) == ["a note", "x", "y"], got
+    assert run.get_file_names() == []
+
+
 def test_a_v1_run_mlflow_has_no_run_for_is_read_from_v1(mlflow_mode, store, monkeypatch):
     from azureml.core import Run
 

@@ -156,6 +156,16 @@ class QueueFront:
                 thread.start()
                 self._thread = thread
 
+    def _serve(self) -> None:
+        """The thread's loop: wake at the interval or when called, drain once, survive."""
+        while True:
+            self._wake.wait(self.cfg.flush_interval)
+            self._wake.clear()
+            try:
+                self._cycle()
+            except BaseException as exc:  # the thread must outlive any bug
+                self._cycle_failed(exc)
+
     def forget_after_fork(self) -> None:
         """In a forked child: the thread did not survive the fork, and the parent's queue is
         the parent's (it delivers it). The child's next call starts a writer of its own."""

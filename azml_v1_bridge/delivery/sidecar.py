@@ -194,14 +194,11 @@ class ProcessWriter(QueueFront):
         except Exception as exc:
             logger.warning("azml_v1_bridge: could not start the writer process (%s: %s); "
                            "writing from a thread instead", type(exc).__name__, exc)
-        while True:
-            self._wake.wait(self.cfg.flush_interval)
-            self._wake.clear()
-            try:
-                self._cycle()
-            except BaseException as exc:  # the forwarder must outlive any bug
-                self.errors.append(f"forwarder cycle failed: {describe_error(exc)}")
-                logger.warning("azml_v1_bridge: forwarder cycle failed: %s", describe_error(exc))
+        self._serve()
+
+    def _cycle_failed(self, exc: BaseException) -> None:
+        self.errors.append(f"forwarder cycle failed: {describe_error(exc)}")
+        logger.warning("azml_v1_bridge: forwarder cycle failed: %s", describe_error(exc))
 
     def _cycle(self) -> None:
         self._relay_logs()

@@ -82,13 +82,10 @@ class Writer(QueueFront):
             os.environ.setdefault(name, value)
         os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
         self._prewarm()
-        while True:
-            self._wake.wait(self.cfg.flush_interval)
-            self._wake.clear()
-            try:
-                self._cycle()
-            except BaseException as exc:  # the writer must outlive any bug
-                self._problem("writer", f"writer cycle failed: {plain_error(exc)}", exc)
+        self._serve()
+
+    def _cycle_failed(self, exc: BaseException) -> None:
+        self._problem("writer", f"writer cycle failed: {plain_error(exc)}", exc)
 
     def _prewarm(self) -> None:
         """Load MLflow (about a second) and open the first run's store now, while the

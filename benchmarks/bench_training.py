@@ -11,7 +11,13 @@ and logs one point per step, i.e. 10,000 points a second, for `--steps` steps:
 
 - variant `log`: `run.log("loss", v)` every step;
 - variant `row`: `run.log_row("metrics", col0=..., ..., col14=...)` every 15th step
-  (15 numeric columns: the same 10,000 points a second, through the table path).
+  (15 numeric columns: the same 10,000 points a second, through the table path);
+- variant `paired`: one process, its loop in blocks of 1000 steps that alternate without and
+  with `run.log` every step (10,000 points a second inside a logging block). The ratio of the
+  two kinds of block (medians) is the loop slowdown measured side by side in one interpreter:
+  free of the ±10% by which the speed of pure Python differs from one process to the next
+  (the no-logging client's own ratio shows what is left). The writer's background work
+  spills into the blocks without logging, so this is a lower bound where that work is heavy.
 
 Clients, each in a fresh interpreter, alternating order from round to round:
 
@@ -60,6 +66,7 @@ STEP_US = 100.0            # target cost of one training step
 STEPS = 30_000             # 3 s at 10,000 steps a second
 QUICK_STEPS = 15_000
 SYNC_STEPS = 200           # synchronous mlflow.log_metric: milliseconds a call
+PAIR_BLOCK = 1000          # paired variant: steps a block
 COLUMNS = 15               # log_row variant: 15 numeric columns ...
 ROW_EVERY = COLUMNS        # ... every 15th step: still one point a step
 BATCH = 1000               # hand-written log_batch: points a request
@@ -160,7 +167,7 @@ def worker_train(args) -> dict:
     run = Run.get_context()
     log = None
     if client in ("thread", "process"):
-        if variant == "log":
+        if variant in ("log", "paired"):
             def log(i, v):
                 run.log("loss", v)
         else:
@@ -173,7 +180,7 @@ def worker_train(args) -> dict:
         if client == "async":
             mlflow.config.enable_async_logging(True)
         mlflow.start_run()
-        if variant == "log":
+        if variant in ("log", "paired"):
             def log(i, v):
                 mlflow.log_metric("loss", v, step=i)
         else:
@@ -184,7 +191,7 @@ def worker_train(args) -> dict:
     elif client == "handwritten":
         points: list = []
         append = points.append
-        if variant == "log":
+        if variant in ("log", "paired"):
             def log(i, v):
                 append(("loss", v, int(time.time() * 1000), i))
         else:
@@ -209,7 +216,20 @@ def worker_train(args) -> dict:
     before = snapshot()
     thread0, process0 = time.thread_time(), time.process_time()
     t0 = time.perf_counter()
-    if log is None:
+    blocks: dict = {False: [], True: []}  # paired: seconds of each block, without / with logging
+    if variant == "paired":
+        for b in range(steps // PAIR_BLOCK):
+            first = b * PAIR_BLOCK
+            logging_block = b % 2 == 1
+            tb = time.perf_counter()
+            if logging_block and log is not None:
+                for i in range(first, first + PAIR_BLOCK):
+                    log(i, step(k) * 1e-9 + i)
+            else:
+                for i in range(first, first + PAIR_BLOCK):
+                    step(k)
+            blocks[logging_block].append(time.perf_counter() - tb)
+    elif log is None:
         for i in range(steps):
             step(k)
     else:
@@ -248,7 +268,9 @@ def worker_train(args) -> dict:
                       "main_sleep_s": main_sleep, "during_loop": during,
                       "gc_s": gc_time[0], "gc_full": gc_time[1],
                       "mlflow_imported": "mlflow" in sys.modules,
-                      "last_call": last_call, "steps": steps}), flush=True)
+                      "last_call": last_call, "steps": steps,
+                      "paired": ([statistics.median(blocks[False]), statistics.median(blocks[True])]
+                                 if blocks[True] else None)}), flush=True)
     return {}
 
 
@@ -323,6 +345,8 @@ def count_landed(uri: str, experiment: str, keys: list) -> tuple[int, int]:
 def expected(client: str, variant: str, steps: int) -> tuple[list, int]:
     if variant == "log":
         return ["loss"], steps
+    if variant == "paired":  # every other block logs
+        return ["loss"], steps // PAIR_BLOCK // 2 * PAIR_BLOCK
     rows = len(range(0, steps, ROW_EVERY))
     return [f"metrics.col{j}" for j in range(COLUMNS)], rows * COLUMNS
 
@@ -383,6 +407,11 @@ def summarize(samples: list, base: list, base_whole: float | None, steps: int) -
            "all_loop_s": [round(s["loop_s"], 3) for s in samples],
            "all_whole_s": [round(s["whole_s"], 3) for s in samples],
            "all_exit_s": [round(s["exit_s"], 3) for s in samples]}
+    if samples[0].get("paired"):
+        row["paired_us_per_step"] = [statistics.median(s["paired"][j] for s in samples)
+                                     / PAIR_BLOCK * 1e6 for j in (0, 1)]
+        row["paired_ratio"] = statistics.median(s["paired"][1] / s["paired"][0] for s in samples)
+        row["all_paired_ratio"] = [round(s["paired"][1] / s["paired"][0], 4) for s in samples]
     if base_whole and n == steps:
         row["whole_ratio"] = row["whole_s"] / base_whole
     if "landed" in samples[0]:
@@ -427,7 +456,7 @@ def main(argv=None) -> int:
                         help="rounds of the log_row variant (default 1, at most --rounds)")
     parser.add_argument("--quick", action="store_true", help="one round, shorter loops")
     parser.add_argument("--stores", default="sqlite,server")
-    parser.add_argument("--variants", default="log,row")
+    parser.add_argument("--variants", default="log,row,paired")
     parser.add_argument("--clients", default=",".join(CLIENTS))
     parser.add_argument("--fresh-db", action="store_true",
                         help="each script creates its sqlite store (MLflow's migrations included)")
@@ -492,6 +521,8 @@ def main(argv=None) -> int:
                     for client in order:
                         if variant == "row" and (client == "sync" or r >= args.row_rounds):
                             continue  # sync: the same per-call cost as `log`, 15 points a call
+                        if variant == "paired" and client == "sync":
+                            continue  # milliseconds a call: the log variant says enough
                         samples.setdefault((variant, store, client), []).append(
                             one(client, variant, store, steps, calib["k"], ctx, f"r{r}"))
     finally:
@@ -536,6 +567,22 @@ def report(out: dict) -> str:
              f"log_row variant {out['row_rounds']}", ""]
     for name, rows in out["results"].items():
         variant, store = name.split("/")
+        if variant == "paired":
+            lines += [f"paired blocks in one process ({PAIR_BLOCK} steps without, then with, "
+                      f"run.log every step), store {store}:",
+                      "| client | µs/step without logging | µs/step with | loop slowdown "
+                      "(with ÷ without, median of rounds) | every round | landed |",
+                      "|---|---|---|---|---|---|"]
+            for client, row in rows.items():
+                if "paired_ratio" not in row:
+                    continue
+                landed = ("ok" if row.get("all_landed") else
+                          (f"LOST {row['landed']}/{row['expected']}" if "landed" in row else "-"))
+                without, with_ = row["paired_us_per_step"]
+                lines.append(f"| {LABELS[client]} | {without:.1f} | {with_:.1f} | "
+                             f"{row['paired_ratio']:.3f} | {row['all_paired_ratio']} | {landed} |")
+            lines.append("")
+            continue
         what = ("run.log every step" if variant == "log"
                 else f"log_row of {COLUMNS} columns every {ROW_EVERY}th step")
         lines += [f"{what}, store {store}:",

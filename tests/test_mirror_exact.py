@@ -290,8 +290,11 @@ def test_ctrl_c_during_the_outputs_upload_reaches_the_script(store, tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("AZUREML_")}  # an offline run
     env.update(PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
                AZML_V1_BRIDGE_MODE="mlflow", AZML_V1_BRIDGE_OUTPUTS="1")
+    # Ctrl-C as a terminal gives it: a job started in the background (`cmd &`) inherits
+    # SIGINT ignored, and the script would never see the interrupt
     proc = subprocess.Popen([sys.executable, str(script)], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         run_id, seen_out, seen_err = None, [], []
         for line in proc.stdout:

@@ -145,8 +145,8 @@ def handle_log(wrapped, instance, args, kwargs):
                 and not _INSIDE.get()):
             point = log_point(record.state, args[0], args[1], step)
             if point is not None:
-                writer.submit_point((record.local_id, "log", args[0], point[0],
-                                     int(_time() * 1000), point[1]))
+                writer.put((record.local_id, "log", args[0], point[0], int(_time() * 1000),
+                            point[1]))
                 return None
     return handle("log", wrapped, instance, args, kwargs)
 

@@ -221,7 +221,7 @@ def _original_names(tags: dict) -> dict:
 def _kinds(record) -> list:
     """(v1 name, "text" | "list", document path) for names the bridge keeps as files (this
     process's runs); a name used for two kinds has two documents."""
-    state = getattr(record, "state", None) if record is not None else None
+    state = getattr(record, "state", None)
     if state is None:
         return []
     return [(name, kind, _doc_path(state, name, kind))

@@ -412,9 +412,7 @@ from azureml.core import Run
 run = Run.get_context()
 for s in range(500):
     run.log("loss", float(s))
-fired = []
-
-lines = []
+fired, lines = [], []
 
 def inside_set(frame, event, arg):  # a SIGTERM while the training thread wakes the writer
     if event == "line" and not fired:

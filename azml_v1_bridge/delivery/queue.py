@@ -40,9 +40,6 @@ class Wakeup:
         except OSError:  # full (a wake-up is pending anyway) or closed
             pass
 
-    def is_set(self) -> bool:
-        return self._flag
-
     def clear(self) -> None:
         self._flag = False
         try:
@@ -95,21 +92,15 @@ class QueueFront:
         else:
             self.records[lid] = record
             item = (record, method, ops)
+        self.put(item)
+
+    def put(self, item: tuple) -> None:
+        """Queue one item as submit() builds it (bridge.handle_log builds a lone metric point,
+        (local_id, method, key, value, timestamp, step), of a run this writer has seen)."""
         queue = self._queue
         queue.append(item)
         if self._thread is None:
             self._start()
-        n = len(queue)
-        if n % WAKE_EVERY == 0:
-            self._wake.set()
-            if n > self.cfg.queue_max:
-                self._backpressure()
-
-    def submit_point(self, item: tuple) -> None:
-        """A lone metric point of a run this writer has seen: (local_id, method, key, value,
-        timestamp, step), as submit() queues it."""
-        queue = self._queue
-        queue.append(item)
         n = len(queue)
         if n % WAKE_EVERY == 0:
             self._wake.set()

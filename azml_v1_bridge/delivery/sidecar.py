@@ -390,11 +390,18 @@ def serve(read_fd: int, write_fd: int) -> None:
     logger.propagate = False
     cfg = config.load()
     writer = Writer(cfg)
-    try:  # load MLflow now, then take everything loaded out of the collector's full passes
-        from mlflow.tracking import MlflowClient  # noqa: F401
-    except Exception:
-        pass
-    gc.freeze()
+
+    def load_mlflow() -> None:
+        # Load MLflow now, then take everything loaded out of the collector's full passes.
+        # Off this loop: a close that arrives meanwhile (a short exit deadline) is answered,
+        # journaling included, in time instead of a second after the training process left.
+        try:
+            from mlflow.tracking import MlflowClient  # noqa: F401
+        except Exception:
+            pass
+        gc.freeze()
+
+    threading.Thread(target=load_mlflow, name="azml_v1_bridge-load", daemon=True).start()
     records: dict = {}
     ended: set = set()
 

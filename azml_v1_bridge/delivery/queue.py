@@ -90,8 +90,11 @@ class QueueFront:
             m = ops[0]
             item = (lid, method, m.key, m.value, m.timestamp, m.step)
         else:
+            self.put((record, method, ops))
+            # Known only once its first item is queued: another thread's lone points of this
+            # run (as plain tuples, which need the run already known) queue behind it.
             self.records[lid] = record
-            item = (record, method, ops)
+            return
         self.put(item)
 
     def put(self, item: tuple) -> None:

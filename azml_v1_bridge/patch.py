@@ -340,6 +340,7 @@ def disable() -> None:
             else:
                 setattr(cls, name, original)
         PATCHES.saved.clear()
+        bridge.LOG_BINDING.unbind_all()
         PATCHES.active = False
         bridge.STATE.mode = "off"
 

@@ -138,7 +138,11 @@ from azureml.core import Run
 run = Run.get_context()
 N, M = 300, 200
 run.log("loss", 0.0)
-if sys.argv[1] == "late":          # the parent's run exists in MLflow before the fork
+first = 1
+if sys.argv[1] == "late":          # the parent's run exists in MLflow before the fork, and
+    run.log("loss", 1.0)           # run.log is bound on the object (the lean path's binding)
+    first = 2
+    print("bound", "log" in vars(run), flush=True)
     print("parent", azml_v1_bridge.mlflow_run_id(run), flush=True)
 # "early": the fork comes right after the first call, while the writer imports MLflow and
 # before the parent's run exists in MLflow
@@ -151,7 +155,7 @@ if pid == 0:
 _, status = os.waitpid(pid, 0)
 print("child", pid, os.waitstatus_to_exitcode(status), round(time.monotonic() - started, 1),
       flush=True)
-for s in range(1, N):
+for s in range(first, N):
     run.log("loss", float(s))
 print("parent", azml_v1_bridge.mlflow_run_id(run), flush=True)
 """
@@ -171,6 +175,8 @@ def test_os_fork_child_writes_the_parents_run_under_its_own_key(writer, when, ml
     _, pid, code, seconds = script.wait_line("child ").split()
     parent_id = script.lines[-1].split()[1]
     assert code == "0"
+    if when == "late":
+        assert script.wait_line("bound ") == "bound True"
     client = client_for(mlflow_server.url)
     runs = experiment_runs(client, env["MLFLOW_EXPERIMENT_NAME"])
     landed = {r.info.run_id: run_pairs(client, r.info.run_id) for r in runs}

@@ -113,6 +113,59 @@ def test_log_lean_path_and_general_path_keep_one_series(store, bridge):
     assert history(store, r.info.run_id, "x") == [(0, 3.0), (10, 1.0), (20, 2.0)]
 
 
+def test_run_log_bound_on_the_run_keeps_every_rule_and_disable_takes_it_off(store, bridge, capsys):
+    """mlflow mode binds run.log on a run object once a call took the lean path (wrapt's
+    per-call binding is a third of the call's cost). The binding still honours a mode switch
+    (mirror: v1 runs again, once a call), v1's signature, and disable(): v1 alone afterwards."""
+    import inspect
+
+    from azureml.core.run import _OfflineRun
+
+    bridge.enable("mlflow")
+    run = v1_run()
+    run.log("loss", 0.0)                       # general path: first use of the name
+    assert "log" not in run.__dict__
+    run.log("loss", 1.0)                       # lean: bound from now on
+    assert "log" in run.__dict__
+    assert inspect.signature(run.log) == inspect.signature(_OfflineRun(run_id="x").log)
+    for i in range(2, 5):
+        run.log("loss", float(i))
+    assert capsys.readouterr().out.count("Attempted to log scalar metric loss") == 0
+    bridge.enable("mirror")                    # the bound method now takes the class's path
+    run.log("loss", 5.0)
+    assert capsys.readouterr().out.count("Attempted to log scalar metric loss") == 1
+    run_id = azml_v1_bridge.mlflow_run_id(run)
+    run.flush()
+    bridge.disable()
+    assert "log" not in run.__dict__
+    run.log("loss", 6.0)                       # v1's own function: nothing reaches MLflow
+    assert capsys.readouterr().out.count("Attempted to log scalar metric loss") == 1
+    bridge.enable("mlflow")
+    bridge.flush()
+    assert history(store, run_id, "loss") == [(s, float(s)) for s in range(6)]
+
+
+def test_a_subclass_own_log_is_never_bypassed(store, bridge):
+    """A run class whose log() overrides v1's (and calls it) keeps it: only objects whose
+    run.log is the bridge's wrapper get the bound method."""
+    from azureml.core.run import _OfflineRun
+
+    class CountingRun(_OfflineRun):
+        calls = 0
+
+        def log(self, name, value, description=""):
+            CountingRun.calls += 1
+            return super().log(name, value)
+
+    bridge.enable("mlflow")
+    run = CountingRun()
+    for i in range(5):
+        run.log("loss", float(i))
+    assert CountingRun.calls == 5 and "log" not in run.__dict__
+    run.flush()
+    assert history(store, azml_v1_bridge.mlflow_run_id(run), "loss") == [(s, float(s)) for s in range(5)]
+
+
 def test_offline_step_is_v1s_type_error_in_mirror(store, bridge):
     bridge.enable("mirror")
     run = v1_run()

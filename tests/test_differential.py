@@ -850,6 +850,8 @@ def test_mirror_is_v1_and_both_modes_record_the_table(world, seq):
     mirror_mlflow = azml_v1_bridge.mlflow_run_id(mirror[4]), [azml_v1_bridge.mlflow_run_id(c) for c in mirror[5]]
     azml_v1_bridge.finish()
     flow = run_sequence(world, "mlflow", seq)
+    writer = azml_v1_bridge.bridge.STATE.writer  # the default: the table goes through the child
+    assert writer is None or type(writer).__name__ == "ProcessWriter", type(writer)
     flow_mlflow = azml_v1_bridge.mlflow_run_id(flow[4]), [azml_v1_bridge.mlflow_run_id(c) for c in flow[5]]
     azml_v1_bridge.finish()
 

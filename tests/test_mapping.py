@@ -13,6 +13,15 @@ import azml_v1_bridge  # noqa: E402
 MODES = ["mirror", "mlflow"]
 
 
+@pytest.fixture(autouse=True)
+def thread_writer(monkeypatch):
+    """These tests are about the table, which is the writer's input and the same for both
+    writers: they run on the thread writer. A writer process per test costs ~2 s of CPU (its
+    own MLflow import): 3 of this file's 3.5 minutes. The default writer process records the
+    table in test_differential (both modes) and test_sidecar."""
+    monkeypatch.setenv("AZML_V1_BRIDGE_WRITER", "thread")
+
+
 @pytest.fixture(params=MODES)
 def mode(request, bridge):
     bridge.enable(request.param)

@@ -346,6 +346,7 @@ def test_file_names_show_plots_as_the_users_images_not_mlflows_series_files(mlfl
     run.log_image("curve", plot=plt)
     plt.plot([3, 2, 1])
     run.log_image("curve", plot=plt)
+    plt.close("all")
     run.upload_file("notes.txt", io.BytesIO(b"n"))
     run.flush()
     stored = {f for f in _all_paths(store, azml_v1_bridge_mlflow_id(run))}

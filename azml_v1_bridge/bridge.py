@@ -204,9 +204,11 @@ class LogBinding:
 def _plain_log(cls):
     """None unless the class's run.log is our wrapper: a subclass's own log (calling super().log)
     must stay what the object calls."""
+    from .patch import is_bridged  # patch imports this module; once per class
+
     attribute = next((klass.__dict__["log"] for klass in cls.__mro__ if "log" in klass.__dict__),
                      None)
-    if not getattr(getattr(attribute, "_self_wrapper", None), "_azml_v1_bridge", False):
+    if not is_bridged(attribute):
         return None
 
     def log(self, *args, **kwargs):

@@ -83,7 +83,7 @@ def step(k: int) -> float:
     return acc
 
 
-def worker_calibrate(args, k: int = 2000) -> dict:
+def calibrate(k: int = 2000) -> dict:
     # CPU time, not wall time: other work on the machine must not shorten the step. Medians
     # of several blocks, until the step is within 2% of STEP_US (a single block after start-up
     # left it at 80-85 us). Each training script calibrates again from the parent's k, before
@@ -202,7 +202,7 @@ def worker_train(args) -> dict:
                     for j, n in enumerate(names):
                         append((f"metrics.{n}", v + j, now, row))
 
-    own = worker_calibrate(args, args.k)  # imports done, no logging call yet
+    own = calibrate(args.k)  # imports done, no logging call yet
     k = own["k"]
     import gc
 
@@ -479,7 +479,7 @@ def main(argv=None) -> int:
                              "an experiment; default this one)")
     args = parser.parse_args(argv)
     if args.worker == "calibrate":
-        print(json.dumps(worker_calibrate(args)))
+        print(json.dumps(calibrate()))
         return 0
     if args.worker:
         worker_train(args)

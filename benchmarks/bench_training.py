@@ -24,6 +24,8 @@ Clients, each in a fresh interpreter, alternating order from round to round:
 - `none`: the loop without logging (the baseline of loop slowdown);
 - `thread` / `process`: `import azml_v1_bridge` (mlflow mode), AZML_V1_BRIDGE_WRITER=thread
   / =process (the default);
+- `orm` (sqlite only): the writer process without its lean sqlite path, i.e. MLflow's
+  `SqlAlchemyStore.log_batch` for every batch (what the lean path saves);
 - `async`: MLflow's own async logging (`mlflow.config.enable_async_logging()`,
   MLFLOW_ASYNC_LOGGING_BUFFERING_SECONDS=1), `mlflow.log_metric(s)` with step;
 - `sync`: synchronous `mlflow.log_metric(s)` (far fewer steps; reported per step);
@@ -70,7 +72,7 @@ PAIR_BLOCK = 1000          # paired variant: steps a block
 COLUMNS = 15               # log_row variant: 15 numeric columns ...
 ROW_EVERY = COLUMNS        # ... every 15th step: still one point a step
 BATCH = 1000               # hand-written log_batch: points a request
-CLIENTS = ("none", "thread", "process", "async", "sync", "handwritten")
+CLIENTS = ("none", "thread", "process", "orm", "async", "sync", "handwritten")
 
 
 # ------------------------------------------------------------------ the training script (workers)
@@ -160,6 +162,7 @@ def worker_train(args) -> dict:
     from azureml.core import Run
 
     client, variant, steps = args.worker, args.variant, args.steps
+    client = "process" if client == "orm" else client
     if os.environ.get("BENCH_SWITCH_INTERVAL"):  # --switch-interval: the GIL's forced hand-off
         sys.setswitchinterval(float(os.environ["BENCH_SWITCH_INTERVAL"]))
     names = [f"col{j}" for j in range(COLUMNS)]
@@ -294,6 +297,9 @@ def worker_env(store_env: dict, client: str, experiment: str) -> dict:
     env["MLFLOW_EXPERIMENT_NAME"] = experiment
     env["HOME"] = HOME  # azureml caches service discovery under ~/.azureml
     env.update(store_env)
+    if client == "orm":  # the writer process without the lean sqlite path (see ORM_HOOK)
+        env["PYTHONPATH"] = os.path.join(HOME, "orm-hook") + os.pathsep + env["PYTHONPATH"]
+        client = "process"
     if client in ("thread", "process"):
         env["AZML_V1_BRIDGE_MODE"] = "mlflow"
         env["AZML_V1_BRIDGE_WRITER"] = client
@@ -453,6 +459,17 @@ def machine() -> dict:
 
 
 HOME = ""
+
+# Client `orm`: the default writer process with the lean sqlite path switched off in every
+# interpreter of the script (the writer process inherits PYTHONPATH), to show what it saves.
+ORM_HOOK = """
+import wrapt
+
+def _off(module):
+    module.SqliteMetrics.of = classmethod(lambda cls, client: None)
+
+wrapt.register_post_import_hook(_off, "azml_v1_bridge.delivery.store")
+"""
 BRIDGE_ROOT = ROOT  # --bridge-root: measure another checkout of azml_v1_bridge
 
 
@@ -499,6 +516,9 @@ def main(argv=None) -> int:
     scratch = tempfile.mkdtemp(prefix="bench-training-")
     HOME = os.path.join(scratch, "home")
     os.makedirs(HOME)
+    os.makedirs(os.path.join(HOME, "orm-hook"))
+    with open(os.path.join(HOME, "orm-hook", "sitecustomize.py"), "w") as fh:
+        fh.write(ORM_HOOK)
     out: dict = {"machine": machine(), "steps": steps, "rounds": rounds, "bridge_root": BRIDGE_ROOT,
                  "switch_interval": args.switch_interval,
                  "row_rounds": min(rounds, args.row_rounds)}
@@ -534,6 +554,8 @@ def main(argv=None) -> int:
                             continue  # sync: the same per-call cost as `log`, 15 points a call
                         if variant == "paired" and client == "sync":
                             continue  # milliseconds a call: the log variant says enough
+                        if client == "orm" and store != "sqlite":
+                            continue  # the same writer as `process` on any other store
                         samples.setdefault((variant, store, client), []).append(
                             one(client, variant, store, steps, calib["k"], ctx, f"r{r}"))
     finally:
@@ -563,7 +585,7 @@ def main(argv=None) -> int:
     return 0
 
 
-LABELS = {"none": "no logging", "thread": "bridge, writer thread",
+LABELS = {"orm": "bridge, writer process, MLflow's own sqlite path", "none": "no logging", "thread": "bridge, writer thread",
           "process": "bridge, writer process (default)", "async": "MLflow async logging",
           "sync": "mlflow.log_metric (synchronous)", "handwritten": "hand-written log_batch at the end"}
 

@@ -132,11 +132,15 @@ class Store:
     # ----------------------------------------------------------- data
 
     def log_batch(self, run_id: str, metrics: list, params: list, tags: list) -> None:
-        if metrics and not params and not tags:
-            lean = SqliteMetrics.of(self.client) if self._sqlite is False else self._sqlite
-            self._sqlite = lean if lean is not None and lean.usable else None
-            if lean is not None and lean.write(run_id, metrics):
-                return
+        if metrics and not params and not tags and self._sqlite is not None:
+            if self._sqlite is False:  # decided once; no database modules loaded for a server
+                self._sqlite = SqliteMetrics.of(self.client) if sqlite_path(self.uri) else None
+            lean = self._sqlite
+            if lean is not None:
+                if lean.write(run_id, metrics):
+                    return
+                if not lean.usable:
+                    self._sqlite = None
         store = self._fast_store() if self._fast is False else self._fast
         if store is not None:
             try:

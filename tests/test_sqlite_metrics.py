@@ -32,15 +32,14 @@ def mlflow_log_batch(client, run_id, metrics):
         run_id, metrics=[Metric(k, v, ts, s) for k, v, ts, s in metrics], params=[], tags=[])
 
 
+def comparable(value):
+    return "nan" if math.isnan(value) else value  # nan != nan
+
+
 def contents(client, run_id, keys):
-    history = {(m.key, m.value if not math.isnan(m.value) else "nan", m.timestamp, m.step)
+    history = {(m.key, comparable(m.value), m.timestamp, m.step)
                for key in keys for m in client.get_metric_history(run_id, key)}
-    latest = {}
-    for key in keys:
-        found = client.get_metric_history(run_id, key)
-        if found:
-            run = client.get_run(run_id)
-            latest[key] = run.data.metrics[key]
+    latest = {key: comparable(value) for key, value in client.get_run(run_id).data.metrics.items()}
     return history, latest
 
 
@@ -57,7 +56,7 @@ points = st.tuples(
     st.sampled_from([0, 1, 2, -3, 1 << 40]))
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(batches=st.lists(st.lists(points, min_size=1, max_size=30), min_size=1, max_size=4))
 def test_same_rows_as_mlflows_log_batch(stores, batches):
     """Duplicates within and across batches, ties, out-of-order steps, NaN and infinities:
@@ -110,6 +109,19 @@ def test_a_deleted_run_gets_mlflows_error_and_no_rows(stores):
     assert store._sqlite.usable and store._sqlite.points == 0
 
 
+def test_a_run_that_is_not_there_gets_mlflows_error(stores):
+    from mlflow.exceptions import MlflowException
+
+    store, client, _ = stores
+    client.create_run("0")
+    with pytest.raises(MlflowException) as raised:
+        store.log_batch("0" * 32, [("loss", 1.0, 1, 1)], [], [])
+    with pytest.raises(MlflowException) as expected:
+        mlflow_log_batch(client, "0" * 32, [("loss", 1.0, 1, 1)])
+    assert str(raised.value) == str(expected.value)
+    assert store._sqlite.usable
+
+
 def test_a_name_mlflow_refuses_gets_mlflows_error(stores):
     from mlflow.exceptions import MlflowException
 
@@ -131,6 +143,7 @@ def test_a_locked_database_is_left_to_mlflows_path_and_the_lean_path_stays(store
     run_id = client.create_run("0").info.run_id
     store.log_batch(run_id, [("loss", 0.0, 1, 0)], [], [])  # the lean path exists
     lean = store._sqlite
+    lean.busy_ms = 200  # MLflow's 20 s would only make the test slow
     holder = sqlite3.connect(db_path, isolation_level=None)
     holder.execute("BEGIN EXCLUSIVE")
     try:

@@ -233,6 +233,7 @@ class SqliteMetrics:
         self.names: set = set()  # metric names already checked
         self.points = 0          # written here, for tests and benchmarks
         self.usable = True
+        self.busy_ms = 20_000    # how long a locked database is waited for: MLflow's own wait
         metrics_table, latest_table, runs_table = (t.name for t in tables)
         columns = ", ".join(self.COLUMNS)
         self.insert = (f"INSERT OR IGNORE INTO {metrics_table} ({columns}) "
@@ -290,6 +291,9 @@ class SqliteMetrics:
                 latest[key] = row
         try:
             with self.engine.begin() as conn:
+                # what MLflow's own sessions set on the connection (outside the transaction)
+                conn.exec_driver_sql(f"PRAGMA busy_timeout = {int(self.busy_ms)}")
+                conn.exec_driver_sql("PRAGMA foreign_keys = ON")
                 conn.exec_driver_sql(self.insert, rows)  # writes first: the lock is taken at once
                 conn.exec_driver_sql(self.upsert, list(latest.values()))
                 stage = conn.exec_driver_sql(self.stage, (run_id,)).scalar()
@@ -298,11 +302,12 @@ class SqliteMetrics:
         except _Inactive:  # rolled back; MLflow's path raises its own error for this run
             return False
         except Exception as exc:
-            # A locked or unwritable database: MLflow's path waits and reports it as always.
-            # Anything else means these statements do not fit this store: not again.
-            from sqlalchemy.exc import OperationalError
+            # A locked or unwritable database, a run that is not there (foreign key): MLflow's
+            # path reports it as always. Anything else means these statements do not fit
+            # this store: not again.
+            from sqlalchemy.exc import IntegrityError, OperationalError
 
-            if not isinstance(exc, OperationalError):
+            if not isinstance(exc, (IntegrityError, OperationalError)):
                 self.usable = False
             logger.debug("azml_v1_bridge: lean sqlite path: %s", exc)
             return False

@@ -70,16 +70,22 @@ STEPS = 30_000             # 3 s at 10,000 steps a second
 QUICK_STEPS = 15_000
 SYNC_STEPS = 200           # synchronous mlflow.log_metric: milliseconds a call
 PAIR_BLOCK = 1000          # paired variant: steps a block
+COLUMNS = 15               # log_row variant: 15 numeric columns ...
+ROW_EVERY = COLUMNS        # ... every 15th step: still one point a step
+BATCH = 1000               # hand-written log_batch: points a request
+CLIENTS = ("none", "thread", "process", "orm", "async", "sync", "handwritten")
 
 
 def paired_logs(block: int) -> bool:
     """Blocks go without, with, with, without logging: a slow drift of the machine's speed
     then favours neither kind."""
     return block % 4 in (1, 2)
-COLUMNS = 15               # log_row variant: 15 numeric columns ...
-ROW_EVERY = COLUMNS        # ... every 15th step: still one point a step
-BATCH = 1000               # hand-written log_batch: points a request
-CLIENTS = ("none", "thread", "process", "orm", "async", "sync", "handwritten")
+
+
+def script_client(client: str) -> str:
+    """What the training script does for a client: `orm` is the writer process (its
+    environment switches the lean sqlite path off, see ORM_HOOK)."""
+    return "process" if client == "orm" else client
 
 
 # ------------------------------------------------------------------ the training script (workers)
@@ -169,7 +175,7 @@ def worker_train(args) -> dict:
     from azureml.core import Run
 
     client, variant, steps = args.worker, args.variant, args.steps
-    client = "process" if client == "orm" else client
+    client = script_client(client)
     if os.environ.get("BENCH_SWITCH_INTERVAL"):  # --switch-interval: the GIL's forced hand-off
         sys.setswitchinterval(float(os.environ["BENCH_SWITCH_INTERVAL"]))
     names = [f"col{j}" for j in range(COLUMNS)]
@@ -306,7 +312,7 @@ def worker_env(store_env: dict, client: str, experiment: str) -> dict:
     env.update(store_env)
     if client == "orm":  # the writer process without the lean sqlite path (see ORM_HOOK)
         env["PYTHONPATH"] = os.path.join(HOME, "orm-hook") + os.pathsep + env["PYTHONPATH"]
-        client = "process"
+    client = script_client(client)
     if client in ("thread", "process"):
         env["AZML_V1_BRIDGE_MODE"] = "mlflow"
         env["AZML_V1_BRIDGE_WRITER"] = client
@@ -592,8 +598,9 @@ def main(argv=None) -> int:
     return 0
 
 
-LABELS = {"orm": "bridge, writer process, MLflow's own sqlite path", "none": "no logging", "thread": "bridge, writer thread",
-          "process": "bridge, writer process (default)", "async": "MLflow async logging",
+LABELS = {"none": "no logging", "thread": "bridge, writer thread",
+          "process": "bridge, writer process (default)",
+          "orm": "bridge, writer process, MLflow's own sqlite path", "async": "MLflow async logging",
           "sync": "mlflow.log_metric (synchronous)", "handwritten": "hand-written log_batch at the end"}
 
 

@@ -132,15 +132,10 @@ class Store:
     # ----------------------------------------------------------- data
 
     def log_batch(self, run_id: str, metrics: list, params: list, tags: list) -> None:
-        if metrics and not params and not tags and self._sqlite is not None:
-            if self._sqlite is False:  # decided once; no database modules loaded for a server
-                self._sqlite = SqliteMetrics.of(self.client) if sqlite_path(self.uri) else None
-            lean = self._sqlite
-            if lean is not None:
-                if lean.write(run_id, metrics):
-                    return
-                if not lean.usable:
-                    self._sqlite = None
+        if metrics and not params and not tags:
+            lean = self._sqlite_metrics() if self._sqlite is False else self._sqlite
+            if lean is not None and lean.usable and lean.write(run_id, metrics):
+                return
         store = self._fast_store() if self._fast is False else self._fast
         if store is not None:
             try:
@@ -161,6 +156,12 @@ class Store:
             target.log_batch(run_id, **args)
         else:
             self.client.log_batch(run_id, synchronous=True, **args)
+
+    def _sqlite_metrics(self):
+        """SqliteMetrics for an sqlite store, decided once: a server store never loads MLflow's
+        database modules for it."""
+        self._sqlite = SqliteMetrics.of(self.client) if sqlite_path(self.uri) else None
+        return self._sqlite
 
     def _fast_store(self):
         """MLflow's RestStore, when it is exactly that class: its log-batch body is then built

@@ -16,12 +16,12 @@ import shutil
 import sys
 import threading
 import time
-import types
 import uuid
 import weakref
 
 from . import config, ranks
 from .delivery.errors import describe_error
+from .delivery.queue import WAKE_EVERY
 from .delivery.writer import Writer
 from .ops import ArtifactFile, Artifact, CreateRun, End, Note, Tag
 from .runs import ATTR, Registry
@@ -73,6 +73,7 @@ class State:
                     else:
                         writer = Writer(self.cfg)
                     self.writer = writer
+                    LOG_BINDING.invalidate()  # a bound run.log holds the writer it was bound with
         return writer
 
 
@@ -164,60 +165,100 @@ def handle_log(wrapped, instance, args, kwargs):
 
 
 class LogBinding:
-    """run.log as a plain method on the run objects of mlflow mode.
+    """run.log as a plain function in the run object's own __dict__, in mlflow mode.
 
-    In a training loop, wrapt's per-call binding (a bound wrapper object, then an args tuple
-    and a kwargs dict for the wrapper) costs ~0.9 us of a ~3 us call in a cache-cold loop. A
-    run object whose run.log took the lean path gets, in its own __dict__, a bound method that
-    tries the lean path and otherwise calls the class's attribute, which is wrapt's wrapper
-    (or v1's own function once the bridge is disabled): the same result either way.
-    `unbind_all()` (disable()) takes them off again."""
+    In a training loop, wrapt's per-call binding (a bound wrapper, an args tuple and a kwargs
+    dict) and lean_log's checks of the mode, the writer and the run cost more than the point
+    itself. A run object whose run.log took the lean path gets its own function
+    (`_bound_log`): it holds the run's queue and, per name it has seen take the lean path,
+    the step counter, and queues `run.log(name, float|int)` with no other lookup. Anything it
+    takes as given (the mode, the writer, the process after a fork, an adopted run) is guarded
+    by one generation number that `invalidate()` bumps: a function of an older generation
+    calls the class's attribute (wrapt's wrapper, or v1's own once disabled), which binds a
+    fresh one. `unbind_all()` (disable()) takes them off the objects again."""
 
     def __init__(self):
         self._bound = weakref.WeakSet()
-        self._functions: dict = {}  # class -> its plain run.log, signed like v1's
+        self._v1_logs: dict = {}  # class -> _v1_log(class)
+        self.generation = [0]  # a list: the bound functions read it from a closure cell
+
+    def invalidate(self) -> None:
+        self.generation[0] += 1
 
     def bind(self, instance) -> None:
         d = instance.__dict__
-        if "log" in d:
-            return
+        current = d.get("log")
+        if current is not None and (getattr(current, "_azml_v1_bridge", None)
+                                    in (None, self.generation[0])):
+            return  # a current binding, or the user's own attribute
         cls = type(instance)
-        function = self._functions.get(cls, False)
-        if function is False:
-            function = self._functions[cls] = _plain_log(cls)
-        if function is None:
+        v1_log = self._v1_logs.get(cls, False)
+        if v1_log is False:
+            v1_log = self._v1_logs[cls] = _v1_log(cls)
+        record, writer = d.get(ATTR), STATE.writer
+        if v1_log is None or record is None or writer is None:
             return
         try:
             self._bound.add(instance)
         except TypeError:  # no weak references: keep wrapt's path
             return
-        d["log"] = types.MethodType(function, instance)
+        d["log"] = _bound_log(instance, cls, record, writer, self.generation, v1_log)
 
     def unbind_all(self) -> None:
+        self.invalidate()
         for instance in list(self._bound):
-            bound = instance.__dict__.get("log")
-            if getattr(getattr(bound, "__func__", None), "_azml_v1_bridge", False):
+            if hasattr(instance.__dict__.get("log"), "_azml_v1_bridge"):
                 del instance.__dict__["log"]
         self._bound = weakref.WeakSet()
 
 
-def _plain_log(cls):
-    """None unless the class's run.log is our wrapper: a subclass's own log (calling super().log)
-    must stay what the object calls."""
+def _v1_log(cls):
+    """(v1's run.log function, its signature as a method of an object), or None unless the
+    class's run.log is our wrapper: a subclass's own log (calling super().log) must stay what
+    the object calls."""
     from .patch import is_bridged  # patch imports this module; once per class
 
     attribute = next((klass.__dict__["log"] for klass in cls.__mro__ if "log" in klass.__dict__),
                      None)
     if not is_bridged(attribute):
         return None
+    signature = inspect.signature(attribute.__wrapped__)
+    return attribute.__wrapped__, signature.replace(parameters=list(signature.parameters.values())[1:])
 
-    def log(self, *args, **kwargs):
-        if lean_log(self, args, kwargs):
-            return None
-        return getattr(cls, "log").__get__(self, cls)(*args, **kwargs)
 
-    functools.update_wrapper(log, attribute.__wrapped__)  # v1's name, docstring and signature
-    log._azml_v1_bridge = True
+def _bound_log(instance, cls, record, writer, generation, v1_log):
+    """One run object's run.log (see LogBinding). Its fast branch is translate.log_point's
+    rule for a name that took the lean path before: a float, or an int a double holds."""
+    gen = generation[0]
+    lid = record.local_id
+    queue, nudge = writer.put_parts()
+    append = queue.append
+    known: dict = {}  # name -> (name, its implicit-step counter)
+    now = _time
+
+    def log(name, value, *rest, **kwargs):
+        if generation[0] == gen and not rest and not kwargs:
+            try:
+                entry = known.get(name)
+            except TypeError:  # an unhashable name: the general path says what v1 would
+                entry = None
+            t = type(value)
+            if entry is not None and (t is float or t is int and -(1 << 53) <= value <= (1 << 53)):
+                append((lid, "log", entry[0], value if t is float else float(value),
+                        int(now() * 1000), next(entry[1])))
+                if len(queue) % WAKE_EVERY == 0:
+                    nudge()
+                return None
+            if lean_log(instance, (name, value), {}):
+                if (type(name) is str and generation[0] == gen and STATE.writer is writer
+                        and instance.__dict__.get(ATTR) is record):
+                    known[name] = (name, record.state.steps[name])
+                return None
+        return getattr(cls, "log").__get__(instance, cls)(name, value, *rest, **kwargs)
+
+    functools.update_wrapper(log, v1_log[0])  # v1's name and docstring
+    log.__signature__ = v1_log[1]
+    log._azml_v1_bridge = gen
     return log
 
 
@@ -591,6 +632,7 @@ def after_fork_in_child() -> None:
     if STATE.writer is not None:
         STATE.writer.forget_after_fork()  # the parent's queue is the parent's to deliver
     STATE.writer = None
+    LOG_BINDING.invalidate()
     STATE.pid = os.getpid()
     STATE.forked = True
     STATE.registry.after_fork()

@@ -199,6 +199,7 @@ def retire_writer() -> None:
     the runs keep their documents and counts (their ledgers)."""
     state = bridge.STATE
     writer, state.writer = state.writer, None
+    bridge.LOG_BINDING.invalidate()
     if writer is not None:
         writer.close(state.cfg.exit_timeout)
 

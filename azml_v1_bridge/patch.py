@@ -291,6 +291,7 @@ def enable(mode: str | None = None) -> str:
 
         cfg = replace(cfg, mode=config.check_mode(mode))
     with PATCHES.lock:
+        bridge.LOG_BINDING.invalidate()  # the mode may change: run.log bound on objects rebinds
         writer_changed = cfg.writer_settings() != bridge.STATE.cfg.writer_settings()
         if bridge.STATE.writer is not None and writer_changed:
             lifecycle.retire_writer()  # new settings: the next call starts a writer that has them

@@ -173,6 +173,7 @@ def _bind(run, mlflow_run, parent):
         record.mlflow_run_id = mlflow_run.info.run_id
         record.experiment_id = mlflow_run.info.experiment_id
         record.adopted = True
+        bridge.LOG_BINDING.invalidate()  # run.log bound on its objects took it as not adopted
         if parent is not None:
             record.tracking_uri = parent.tracking_uri
     return record

@@ -140,8 +140,9 @@ N, M = 300, 200
 run.log("loss", 0.0)
 first = 1
 if sys.argv[1] == "late":          # the parent's run exists in MLflow before the fork, and
-    run.log("loss", 1.0)           # run.log is bound on the object (the lean path's binding)
-    first = 2
+    for s in (1, 2, 3):            # run.log is bound on the object (the lean path's binding),
+        run.log("loss", float(s))  # holding the parent's queue and the step counter of "loss"
+    first = 4
     print("bound", "log" in vars(run), flush=True)
     print("parent", azml_v1_bridge.mlflow_run_id(run), flush=True)
 # "early": the fork comes right after the first call, while the writer imports MLflow and

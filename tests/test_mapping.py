@@ -154,6 +154,47 @@ def test_run_log_bound_on_the_run_keeps_every_rule_and_disable_takes_it_off(stor
     assert history(store, run_id, "loss") == [(s, float(s)) for s in range(6)]
 
 
+def test_run_log_bound_on_the_run_follows_a_new_writer_and_every_form(store, bridge, monkeypatch):
+    """The bound run.log holds the writer's queue and each name's step counter: a new writer
+    (new writer settings), a name it has not seen, and every form it does not take itself
+    (a description, a step, an int, a Fraction, an unhashable name) still land once,
+    in order; and a run.log the user set on the object is left alone."""
+    from fractions import Fraction
+
+    from azml_v1_bridge import bridge as bridge_module
+
+    bridge.enable("mlflow")
+    run = v1_run()
+    for i in range(3):
+        run.log("loss", float(i))               # general, lean (binds), bound
+    first_writer = bridge_module.STATE.writer
+    assert "log" in run.__dict__
+    monkeypatch.setenv("AZML_V1_BRIDGE_QUEUE_MAX", "123456")
+    bridge.enable("mlflow")                     # new writer settings: the old writer retires
+    for i in range(3, 6):
+        run.log("loss", float(i))
+    assert bridge_module.STATE.writer is not first_writer
+    run.log("acc", 0.5)                         # a name the binding has not seen
+    run.log("acc", 1)                           # an int, through lean_log: learned
+    run.log("acc", 0.75)                        # bound
+    run.log("acc", 0.125, "described")          # the general path, same counter
+    run.log("acc", Fraction(1, 4))
+    run.log("acc", 2.0, step=40)
+    run.log(["not", "hashable"], 1.0)           # the general path: a renamed key
+    bridge.flush()
+    r = mlflow_run(run, store)
+    assert history(store, r.info.run_id, "loss") == [(s, float(s)) for s in range(6)]
+    assert history(store, r.info.run_id, "acc") == [
+        (0, 0.5), (1, 1.0), (2, 0.75), (3, 0.125), (4, 0.25), (40, 2.0)]
+    assert [k for k in r.data.metrics if "hashable" in k] == ["__not__ _hashable___5f45f4b0"]
+
+    calls = []
+    run.log = lambda *args, **kwargs: calls.append(args)  # the user's own: never replaced
+    run.log("loss", 9.0)
+    run.log("loss", 10.0)
+    assert calls == [("loss", 9.0), ("loss", 10.0)]
+
+
 def test_a_subclass_own_log_is_never_bypassed(store, bridge):
     """A run class whose log() overrides v1's (and calls it) keeps it: only objects whose
     run.log is the bridge's wrapper get the bound method."""

@@ -104,11 +104,20 @@ class QueueFront:
         queue.append(item)
         if self._thread is None:
             self._start()
-        n = len(queue)
-        if n % WAKE_EVERY == 0:
-            self._wake.set()
-            if n > self.cfg.queue_max:
-                self._backpressure()
+        if len(queue) % WAKE_EVERY == 0:
+            self._nudge()
+
+    def put_parts(self) -> tuple:
+        """(the deque, the call to make when its length is a multiple of WAKE_EVERY): put()
+        without a method call, for bridge's run.log bound on a run object. Valid while this
+        writer's thread runs; the binding is dropped whenever the writer is replaced or the
+        process forks (LogBinding.invalidate)."""
+        return self._queue, self._nudge
+
+    def _nudge(self) -> None:
+        self._wake.set()
+        if len(self._queue) > self.cfg.queue_max:
+            self._backpressure()
 
     def _backpressure(self) -> None:
         # Over the cap: the caller waits while the writer drains (or spills).

@@ -27,6 +27,8 @@ Clients, each in a fresh interpreter, alternating order from round to round:
   / =process (the default);
 - `orm` (sqlite only): the writer process without its lean sqlite path, i.e. MLflow's
   `SqlAlchemyStore.log_batch` for every batch (what the lean path saves);
+- `baseline` (with `--baseline-root`): the writer process of another checkout of the bridge
+  (say a `git worktree` of the previous commit), to measure a change side by side;
 - `async`: MLflow's own async logging (`mlflow.config.enable_async_logging()`,
   MLFLOW_ASYNC_LOGGING_BUFFERING_SECONDS=1), `mlflow.log_metric(s)` with step;
 - `sync`: synchronous `mlflow.log_metric(s)` (far fewer steps; reported per step);
@@ -84,8 +86,9 @@ def paired_logs(block: int) -> bool:
 
 def script_client(client: str) -> str:
     """What the training script does for a client: `orm` is the writer process (its
-    environment switches the lean sqlite path off, see ORM_HOOK)."""
-    return "process" if client == "orm" else client
+    environment switches the lean sqlite path off, see ORM_HOOK), so is `baseline` (another
+    checkout's)."""
+    return "process" if client in ("orm", "baseline") else client
 
 
 # ------------------------------------------------------------------ the training script (workers)
@@ -305,7 +308,8 @@ def worker_env(store_env: dict, client: str, experiment: str) -> dict:
     for name in list(env):
         if name.startswith(("AZML_V1_BRIDGE_", "MLFLOW_", "AZUREML_")):
             del env[name]
-    env["PYTHONPATH"] = BRIDGE_ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    root = BASELINE_ROOT if client == "baseline" else BRIDGE_ROOT
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
     env["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
     env["MLFLOW_EXPERIMENT_NAME"] = experiment
     env["HOME"] = HOME  # azureml caches service discovery under ~/.azureml
@@ -484,6 +488,7 @@ def _off(module):
 wrapt.register_post_import_hook(_off, "azml_v1_bridge.delivery.store")
 """
 BRIDGE_ROOT = ROOT  # --bridge-root: measure another checkout of azml_v1_bridge
+BASELINE_ROOT = None  # --baseline-root: the `baseline` client's checkout
 
 
 def main(argv=None) -> int:
@@ -507,6 +512,8 @@ def main(argv=None) -> int:
     parser.add_argument("--bridge-root", default=ROOT,
                         help="the folder azml_v1_bridge is imported from (another checkout or "
                              "an experiment; default this one)")
+    parser.add_argument("--baseline-root", default=None,
+                        help="another checkout, for the `baseline` client (its writer process)")
     args = parser.parse_args(argv)
     if args.worker == "calibrate":
         print(json.dumps(calibrate()))
@@ -515,8 +522,11 @@ def main(argv=None) -> int:
         worker_train(args)
         return 0
 
-    global HOME, BRIDGE_ROOT
+    global HOME, BRIDGE_ROOT, BASELINE_ROOT
     BRIDGE_ROOT = os.path.abspath(args.bridge_root)
+    if "baseline" in args.clients.split(",") and not args.baseline_root:
+        parser.error("the baseline client needs --baseline-root (another checkout of the bridge)")
+    BASELINE_ROOT = os.path.abspath(args.baseline_root) if args.baseline_root else None
     if args.switch_interval:
         os.environ["BENCH_SWITCH_INTERVAL"] = str(args.switch_interval)
     steps = args.steps or (QUICK_STEPS if args.quick else STEPS)
@@ -533,6 +543,7 @@ def main(argv=None) -> int:
     with open(os.path.join(HOME, "orm-hook", "sitecustomize.py"), "w") as fh:
         fh.write(ORM_HOOK)
     out: dict = {"machine": machine(), "steps": steps, "rounds": rounds, "bridge_root": BRIDGE_ROOT,
+                 "baseline_root": BASELINE_ROOT,
                  "switch_interval": args.switch_interval,
                  "row_rounds": min(rounds, args.row_rounds)}
     env = worker_env({}, "none", "calibrate")
@@ -567,6 +578,8 @@ def main(argv=None) -> int:
                             continue  # sync: the same per-call cost as `log`, 15 points a call
                         if variant == "paired" and client == "sync":
                             continue  # milliseconds a call: the log variant says enough
+                        if client == "baseline" and variant == "row":
+                            continue  # a comparison of the loop: the log variants say it
                         if client == "orm" and store != "sqlite":
                             continue  # the same writer as `process` on any other store
                         samples.setdefault((variant, store, client), []).append(
@@ -600,6 +613,7 @@ def main(argv=None) -> int:
 
 LABELS = {"none": "no logging", "thread": "bridge, writer thread",
           "process": "bridge, writer process (default)",
+          "baseline": "bridge, writer process, --baseline-root's",
           "orm": "bridge, writer process, MLflow's own sqlite path", "async": "MLflow async logging",
           "sync": "mlflow.log_metric (synchronous)", "handwritten": "hand-written log_batch at the end"}
 

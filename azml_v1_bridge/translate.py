@@ -279,12 +279,18 @@ def _metric_points(call: Call, name, values, ops: list) -> None:
 
 def log_point(state: RunState, name, value, step=None):
     """The common run.log, for bridge.handle_log: a name already seen that needs no rewriting,
-    a float or int value -> (number, step). None: translate_log decides."""
+    a float (or a float subclass) or an int a double holds -> (number, step). None:
+    translate_log decides."""
     t = type(value)
     if t is float:
         number = value
     elif t is int and -(1 << 53) <= value <= (1 << 53):
         number = float(value)
+    elif isinstance(value, float):  # numpy.float64 (what sklearn's metrics and np.mean return)
+        try:
+            number = float(value)
+        except Exception:  # a __float__ that raises: translate_log keeps it as text
+            return None
     else:
         return None
     if type(name) is not str or _keys.get(name) != name:  # first use, or a rewritten name

@@ -122,6 +122,34 @@ def test_log_lean_path_and_general_path_keep_one_series(store, bridge):
     assert history(store, r.info.run_id, "x") == [(0, 3.0), (10, 1.0), (20, 2.0)]
 
 
+def test_numpy_float64_takes_the_lean_path_with_the_same_result(store, bridge, tmp_path):
+    """sklearn's metrics and np.mean return numpy.float64, a float subclass: after a name's
+    first use it takes the lean path (the run gets run.log bound), recorded as plain floats in
+    one series with Python floats. A float subclass whose __float__ raises is still kept as
+    text, as the general path keeps it."""
+    np = pytest.importorskip("numpy")
+
+    class Unconvertible(float):
+        def __float__(self):
+            raise ValueError("no")
+
+    bridge.enable("mlflow")
+    run = v1_run()
+    run.log("mse", np.float64(0.5))             # first use: general path
+    assert "log" not in run.__dict__
+    run.log("mse", np.float64(0.25))            # lean: bound from now on
+    assert "log" in run.__dict__
+    run.log("mse", 0.125)
+    run.log("mse", np.float64(0.0625))          # through lean_log from the bound function
+    run.log("mse", np.float64(2.0), step=40)
+    run.log("mse", Unconvertible(1.0))          # general path: text, like before
+    r = mlflow_run(run, store)
+    assert history(store, r.info.run_id, "mse") == [
+        (0, 0.5), (1, 0.25), (2, 0.125), (3, 0.0625), (40, 2.0)]
+    assert all(type(m.value) is float for m in store.get_metric_history(r.info.run_id, "mse"))
+    assert artifact_bytes(store, r.info.run_id, "mse.txt", tmp_path) == b"1.0\n"
+
+
 def test_run_log_bound_on_the_run_keeps_every_rule_and_disable_takes_it_off(store, bridge, capsys):
     """mlflow mode binds run.log on a run object once a call took the lean path (wrapt's
     per-call binding is a third of the call's cost). The binding still honours a mode switch

@@ -42,12 +42,15 @@ if _imported_by_tools():
         if name in _LAZY:
             import importlib
 
+            if name == "enable":  # patching needs mlflow mode's v1 surface handed to patch
+                importlib.import_module(".surface", __name__)
             return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 else:
     from .bridge import BridgeError, flush, mlflow_run_id
     from .lifecycle import finish
     from .patch import disable, enable, is_enabled
+    from . import surface  # noqa: F401  (hands patch mlflow mode's v1 surface; before enable())
 
     try:
         enable()

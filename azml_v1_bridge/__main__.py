@@ -15,7 +15,7 @@ import sys
 
 from azml_v1_bridge_tools import cli
 
-from . import config, patch
+from . import config, enable
 
 USAGE = ("usage: python -m azml_v1_bridge SCRIPT.py [ARGS...]\n"
          "       python -m azml_v1_bridge -m MODULE [ARGS...]\n"
@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
         if not os.path.isfile(argv[0]):  # a script that happens to be called `run` still runs
             return cli.main(argv)
     try:
-        patch.enable()  # on already, unless the package's import let a bad setting pass for the CLI
+        enable()  # on already, unless the package's import let a bad setting pass for the CLI
     except config.ConfigError as exc:
         sys.stderr.write(f"azml_v1_bridge: {exc}\n")
         return 2

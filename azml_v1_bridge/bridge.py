@@ -35,6 +35,11 @@ logger = logging.getLogger("azml_v1_bridge")
 BLOCKING = frozenset(("flush", "complete", "fail", "cancel", "__exit__"))
 
 
+def is_bridged(attribute) -> bool:
+    """Whether a class attribute is one of our wrappers (not someone else's wrapt proxy)."""
+    return bool(getattr(getattr(attribute, "_self_wrapper", None), "_azml_v1_bridge", False))
+
+
 class BridgeError(RuntimeError):
     """Raised instead of logged when AZML_V1_BRIDGE_STRICT=1."""
 
@@ -216,7 +221,6 @@ def _v1_log(cls):
     """(v1's run.log function, its signature as a method of an object), or None unless the
     class's run.log is our wrapper: a subclass's own log (calling super().log) must stay what
     the object calls."""
-    from .patch import is_bridged  # patch imports this module; once per class
 
     attribute = next((klass.__dict__["log"] for klass in cls.__mro__ if "log" in klass.__dict__),
                      None)

@@ -13,8 +13,7 @@ import types
 import wrapt
 
 from . import bridge, config, lifecycle
-from . import reads
-from .standins import GETTERS, STANDINS
+from .bridge import is_bridged
 
 logger = logging.getLogger("azml_v1_bridge")
 
@@ -37,7 +36,7 @@ TARGETS = (
 # Property setters: display_name -> run name, description -> note.
 PROPERTIES = ("display_name", "description")
 # Reads served from the MLflow run in mlflow mode (v1 would ask Azure ML, or its cached
-# copy of the run, which v1's writes no longer update): methods, and properties (standins.GETTERS).
+# copy of the run, which v1's writes no longer update): methods, and properties (Surface.getters).
 READ_METHODS = ("get_metrics", "get_tags", "get_properties", "get_file_names", "download_file",
                 "download_files", "get_children", "get_status", "get_details",
                 "tags", "properties", "parent")
@@ -46,9 +45,28 @@ READ_METHODS = ("get_metrics", "get_tags", "get_properties", "get_file_names", "
 OFFLINE_ADDITIONS = ("create_children",) + READ_METHODS + ("experiment",)
 
 
-# mlflow mode without Azure (workspace.py, models.py): hook -> module it patches.
-LOCAL_HOOKS = (("patch_workspace_module", "azureml.core.workspace"),
-               ("patch_model_module", "azureml.core.model"))
+
+
+class Surface:
+    """What mlflow mode serves where v1 would ask Azure (azml_v1_bridge.surface hands it over):
+    run-returning and read stand-ins, property getters, the exception by which a read says
+    "no MLflow run here, let v1 answer", and, per azureml module, a function that patches it
+    (called with this module's `_wrap` and `_add`, so `disable()` undoes it)."""
+
+    def __init__(self, standins=None, getters=None, not_mapped=(), hooks=None):
+        self.standins, self.getters = dict(standins or {}), dict(getters or {})
+        self.not_mapped, self.hooks = not_mapped, dict(hooks or {})
+
+
+SURFACE = Surface()  # empty until azml_v1_bridge.surface is imported
+# Modules patched by this module's own hooks (the surface's hooks for them run inside).
+OWN_MODULES = ("azureml.core.run", "azureml.core.experiment")
+
+
+def serve(surface: Surface) -> None:
+    """Use `surface` for the patches made from now on (before enable(): the activation's order)."""
+    global SURFACE
+    SURFACE = surface
 
 
 class _Patches:
@@ -65,22 +83,22 @@ PATCHES = _Patches()
 
 def _wrapper(method: str):
     # wrapt calls wrapper(wrapped, instance, args, kwargs); a partial saves a Python frame per call
-    if method == "log" and "log" not in STANDINS:
+    if method == "log" and "log" not in SURFACE.standins:
         wrapper = functools.partial(bridge.handle_log)
     else:
-        wrapper = functools.partial(bridge.handle, method, standin=STANDINS.get(method))
+        wrapper = functools.partial(bridge.handle, method, standin=SURFACE.standins.get(method))
     wrapper._azml_v1_bridge = True
     return wrapper
 
 
 def _read_wrapper(method: str):
-    standin = STANDINS[method]
+    standin, not_mapped = SURFACE.standins[method], SURFACE.not_mapped
 
     def wrapper(wrapped, instance, args, kwargs):
         if bridge.STATE.mode == "mlflow" and instance is not None:
             try:
                 return standin(instance, *args, **kwargs)
-            except reads.NotMapped:  # a v1 run no MLflow run stands for: v1 answers
+            except not_mapped:  # a v1 run no MLflow run stands for: v1 answers
                 pass
         return wrapped(*args, **kwargs)
 
@@ -90,13 +108,13 @@ def _read_wrapper(method: str):
 
 def _read_getter(name: str, original_fget):
     """A property getter that reads the MLflow run in mlflow mode, else v1's own."""
-    getter = GETTERS[name]
+    getter, not_mapped = SURFACE.getters[name], SURFACE.not_mapped
 
     def fget(self):
         if bridge.STATE.mode == "mlflow":
             try:
                 value = getter(self)
-            except reads.NotMapped:
+            except not_mapped:
                 return original_fget(self)
             if value is None and name == "parent":
                 # no parent in MLflow: a pipeline step's v1 parent, from v1's own run document
@@ -110,11 +128,6 @@ def _read_getter(name: str, original_fget):
 
 def _read_property(name: str, original: property) -> property:
     return property(_read_getter(name, original.fget), original.fset, original.fdel, original.__doc__)
-
-
-def is_bridged(attribute) -> bool:
-    """Whether a class attribute is one of our wrappers (not someone else's wrapt proxy)."""
-    return bool(getattr(getattr(attribute, "_self_wrapper", None), "_azml_v1_bridge", False))
 
 
 def _save(cls, name) -> None:
@@ -180,7 +193,7 @@ def _patch_run_module(module) -> None:
                 _add(run_cls, name, _bridged_property(name, original))
             if name not in offline_cls.__dict__:
                 _add(offline_cls, name, _offline_property(name))
-        _patch_local("patch_run_module", module)
+        _patch_surface("azureml.core.run", module)
 
 
 def _subclass_hook(run_cls):
@@ -207,27 +220,26 @@ def _patch_experiment_module(module) -> None:
     with PATCHES.lock:
         if PATCHES.active:
             _patch_class(module.Experiment, ("start_logging",))
-            _patch_local("patch_experiment_module", module)
+            _patch_surface("azureml.core.experiment", module)
 
 
-def _patch_local(name: str, module) -> None:
-    """mlflow mode's workspace, experiments, refetch and models (workspace.py, models.py)."""
-    from . import models, workspace
+def _patch_surface(module_name: str, module) -> None:
+    """mlflow mode's workspace, experiments, refetch and models (azml_v1_bridge.surface)."""
+    hook = SURFACE.hooks.get(module_name)
+    if hook is not None:
+        hook(module, _wrap, _add)
 
-    patch = getattr(workspace, name, None) or getattr(models, name)
-    patch(module, _wrap, _add)
 
-
-def _patch_module_hook(name: str):
+def _patch_module_hook(module_name: str):
     def hook(module):
         with PATCHES.lock:
             if PATCHES.active:
-                _patch_local(name, module)
+                _patch_surface(module_name, module)
 
     return hook
 
 
-class _MlflowModeOnly:
+class MlflowModeOnly:
     """An attribute _OfflineRun has in mlflow mode only: elsewhere it is absent, as in v1
     (AttributeError, so `hasattr(run, name)` stays False)."""
 
@@ -243,10 +255,10 @@ class _MlflowModeOnly:
 
 
 def _offline_addition(name: str):
-    """A method (or, for names in standins.GETTERS, a read-only property) for _OfflineRun."""
-    if name in GETTERS:
-        return _MlflowModeOnly(name, GETTERS[name])
-    standin = STANDINS.get(name)
+    """A method (or, for names in Surface.getters, a read-only property) for _OfflineRun."""
+    if name in SURFACE.getters:
+        return MlflowModeOnly(name, SURFACE.getters[name])
+    standin = SURFACE.standins.get(name)
 
     def method(self, *args, **kwargs):
         if name in READ_METHODS:
@@ -254,14 +266,14 @@ def _offline_addition(name: str):
         return bridge.handle(name, None, self, args, kwargs, standin)
 
     method.__name__ = method.__qualname__ = name
-    return _MlflowModeOnly(name, lambda instance: types.MethodType(method, instance))
+    return MlflowModeOnly(name, lambda instance: types.MethodType(method, instance))
 
 
 def _bridged_property(name: str, original: property) -> property:
     def setter(self, value):
         bridge.handle(name, lambda v: original.fset(self, v), self, (value,), {}, None)
 
-    fget = _read_getter(name, original.fget) if name in GETTERS else original.fget
+    fget = _read_getter(name, original.fget) if name in SURFACE.getters else original.fget
     return property(fget, setter, original.fdel, original.__doc__)
 
 
@@ -269,8 +281,8 @@ def _offline_property(name: str) -> property:
     slot = "_azml_v1_bridge_" + name
 
     def getter(self):
-        if bridge.STATE.mode == "mlflow" and name in GETTERS:
-            return GETTERS[name](self)  # the MLflow run's, whoever set it
+        if bridge.STATE.mode == "mlflow" and name in SURFACE.getters:
+            return SURFACE.getters[name](self)  # the MLflow run's, whoever set it
         return self.__dict__.get(slot)
 
     def store(self, value):
@@ -311,8 +323,9 @@ def enable(mode: str | None = None) -> str:
             PATCHES.hooks_registered = True
             wrapt.register_post_import_hook(_patch_run_module, "azureml.core.run")
             wrapt.register_post_import_hook(_patch_experiment_module, "azureml.core.experiment")
-            for hook, module_name in LOCAL_HOOKS:
-                wrapt.register_post_import_hook(_patch_module_hook(hook), module_name)
+            for module_name in SURFACE.hooks:
+                if module_name not in OWN_MODULES:
+                    wrapt.register_post_import_hook(_patch_module_hook(module_name), module_name)
         else:  # hooks fire once per import: patch what is already loaded ourselves
             import sys
 
@@ -320,9 +333,9 @@ def enable(mode: str | None = None) -> str:
                 _patch_run_module(sys.modules["azureml.core.run"])
             if "azureml.core.experiment" in sys.modules:
                 _patch_experiment_module(sys.modules["azureml.core.experiment"])
-            for hook, module_name in LOCAL_HOOKS:
-                if module_name in sys.modules:
-                    _patch_module_hook(hook)(sys.modules[module_name])
+            for module_name in SURFACE.hooks:
+                if module_name not in OWN_MODULES and module_name in sys.modules:
+                    _patch_module_hook(module_name)(sys.modules[module_name])
     return cfg.mode
 
 

@@ -419,9 +419,9 @@ def main(argv: list[str] | None = None) -> int:
     doctor.collect_secrets()
     doctor.start()
     try:  # the options may change the mode: patch (or not) as a script would
-        from azml_v1_bridge import patch
+        import azml_v1_bridge
 
-        patch.enable()
+        azml_v1_bridge.enable()
     except config.ConfigError:
         pass  # reported by check_config
     except Exception:

@@ -8,19 +8,17 @@ from __future__ import annotations
 import time
 import uuid
 
+from . import reads, workspace
+
 
 def _offline_run(run_id: str):
     from azureml.core.run import _OfflineRun
-    from . import reads
-
     run = _OfflineRun(run_id=run_id)
     reads.remember(run)  # `parent` / `get_children()` give this very object back
     return run
 
 
 def _remember(run) -> None:
-    from . import reads
-
     reads.remember(run)
 
 
@@ -72,86 +70,60 @@ def exit_(run, *args, **kwargs):
 # v1's signatures; served from the MLflow run (reads.NotMapped: v1 answers instead).
 
 def get_metrics(run, name=None, recursive=False, run_type=None, populate=False):
-    from . import reads
-
     return reads.get_metrics(run, name=name, recursive=recursive)
 
 
 def get_tags(run):
-    from . import reads
-
     return reads.get_tags(run)
 
 
 def get_properties(run):
-    from . import reads
-
     return reads.get_properties(run)
 
 
 def get_file_names(run):
-    from . import reads
-
     return reads.get_file_names(run)
 
 
 def download_file(run, name, output_file_path=None, _validate_checksum=False):
-    from . import reads
-
     return reads.download_file(run, name, output_file_path)
 
 
 def download_files(run, prefix=None, output_directory=None, output_paths=None, batch_size=100,
                    append_prefix=True, timeout_seconds=None):
-    from . import reads
-
     return reads.download_files(run, prefix=prefix, output_directory=output_directory,
                                 output_paths=output_paths, append_prefix=append_prefix)
 
 
 def get_children(run, recursive=False, tags=None, properties=None, type=None, status=None,
                  _rehydrate_runs=True):
-    from . import reads
-
     return reads.get_children(run, recursive=recursive, tags=tags, properties=properties,
                               status=status)
 
 
 def get_status(run):
-    from . import reads
-
     return reads.get_status(run)
 
 
 def get_details(run):
-    from . import reads
-
     return reads.get_details(run)
 
 
 # Read-only properties (getters), served the same way.
 def parent(run):
-    from . import reads
-
     return reads.parent(run)
 
 
 def display_name(run):
-    from . import reads
-
     return reads.display_name(run)
 
 
 def description(run):
-    from . import reads
-
     return reads.description(run)
 
 
 def experiment(run):
-    from . import reads
-
-    return reads.experiment(run)
+    return workspace.experiment(run)
 
 
 # v1 method -> stand-in; methods not listed return None in mlflow mode.

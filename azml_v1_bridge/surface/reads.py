@@ -31,9 +31,9 @@ import tempfile
 import time
 import weakref
 
-from . import bridge, ranks
-from .runs import ATTR
-from .translate import (LONG_VALUES_DIR, MAX_PARAM_VALUE, MAX_TAG_VALUE, RENAMED_TAG_PREFIX,
+from .. import bridge, ranks
+from ..runs import ATTR
+from ..translate import (LONG_VALUES_DIR, MAX_PARAM_VALUE, MAX_TAG_VALUE, RENAMED_TAG_PREFIX,
                         V1_RUN_ID_TAG, artifact_name, kept_doc_path)
 
 # MLflow status -> v1 status.
@@ -702,24 +702,3 @@ class Experiment:
 
     def __hash__(self):
         return hash((self.name, self.id))
-
-
-def experiment(run):
-    """The MLflow experiment of the run: a v1 Experiment of the mlflow-mode workspace when the
-    run came from one (workspace.py), else its name and id (`Experiment` above)."""
-    t = target(run)
-    experiment_id = t.run.info.experiment_id
-    found = t.client.get_experiment(experiment_id)
-    from . import workspace
-
-    own = run.__dict__.get("_experiment") if hasattr(run, "__dict__") else None
-    if workspace.is_local(own):
-        if own.name == found.name:
-            return own
-        return workspace.local_experiment(own.workspace, found.name, experiment_id)
-    if bridge.STATE.mode == "mlflow" and workspace.is_patched():
-        # job scripts do `ws = run.experiment.workspace`: the mlflow-mode workspace
-        from azureml.core import Workspace
-
-        return workspace.local_experiment(Workspace.from_config(), found.name, experiment_id)
-    return Experiment(found.name, experiment_id, t.record.tracking_uri if t.record else None)

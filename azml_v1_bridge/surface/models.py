@@ -17,8 +17,10 @@ import os
 import shutil
 import tempfile
 
-from . import bridge, reads
-from .translate import V1_RUN_ID_TAG
+from .. import bridge, config
+from ..translate import V1_RUN_ID_TAG
+from . import reads
+from . import workspace as workspace_module
 
 PROPERTY_PREFIX = "azureml.v1.property."
 EXPERIMENT_TAG = "azureml.v1.experiment_name"
@@ -152,9 +154,7 @@ def run_register_model_wrapper(wrapped, instance, args, kwargs):
 # ---------------------------------------------------------------- Model
 
 def _is_local(workspace) -> bool:
-    from . import workspace as ws_module
-
-    return bridge.STATE.mode == "mlflow" and ws_module.is_local(workspace)
+    return bridge.STATE.mode == "mlflow" and workspace_module.is_local(workspace)
 
 
 def _register(workspace, model_path, model_name, tags=None, properties=None, description=None,
@@ -194,8 +194,6 @@ def _register(workspace, model_path, model_name, tags=None, properties=None, des
 
 def _experiment_id(client) -> str:
     """Where a model without a run is kept: the experiment a run would land in."""
-    from . import config
-
     name = config.mlflow_setting(config.MLFLOW_EXPERIMENT_NAME)
     if name:
         found = client.get_experiment_by_name(name)

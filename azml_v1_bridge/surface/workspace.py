@@ -25,8 +25,9 @@ import json
 import logging
 import os
 
-from . import bridge, reads
-from .translate import V1_RUN_ID_TAG
+from .. import bridge, config
+from ..translate import V1_RUN_ID_TAG
+from . import reads
 
 logger = logging.getLogger("azml_v1_bridge")
 
@@ -441,8 +442,6 @@ def _not_found(run_id, where: str):
 def _redacted_uri() -> str:
     import mlflow
 
-    from . import config
-
     return config.redact(mlflow.get_tracking_uri())
 
 
@@ -456,7 +455,7 @@ def run_object(mlflow_run, workspace):
     return run
 
 
-def _run_new(cls, *args, **kwargs):
+def run_new(cls, *args, **kwargs):
     """Run(experiment, run_id) on a local experiment: the MLflow run that id maps to."""
     from azureml.core.run import Run
 
@@ -508,7 +507,7 @@ def list_runs(experiment, type=None, tags=None, properties=None, status=None, in
     return (run_object(r, experiment.workspace) for r in selected)
 
 
-def _run_list(wrapped, instance, args, kwargs):
+def run_list(wrapped, instance, args, kwargs):
     def fields(experiment, type=None, tags=None, properties=None, status=None,
                include_children=False, _rehydrate_runs=True):
         return experiment, dict(type=type, tags=tags, properties=properties, status=status,
@@ -520,7 +519,7 @@ def _run_list(wrapped, instance, args, kwargs):
     return list_runs(experiment, **options)
 
 
-def _run_get(wrapped, instance, args, kwargs):
+def run_get(wrapped, instance, args, kwargs):
     def fields(workspace, run_id):
         return workspace, run_id
 
@@ -533,20 +532,20 @@ def _run_get(wrapped, instance, args, kwargs):
     return run_object(found, workspace)
 
 
-def patch_run_module(module, wrap, add) -> None:
-    from . import models
-    from .patch import _MlflowModeOnly
+def experiment(run):
+    """The MLflow experiment of the run: a v1 Experiment of the mlflow-mode workspace when the
+    run came from one (this module), else its name and id (`reads.Experiment`)."""
+    t = reads.target(run)
+    experiment_id = t.run.info.experiment_id
+    found = t.client.get_experiment(experiment_id)
+    own = run.__dict__.get("_experiment") if hasattr(run, "__dict__") else None
+    if is_local(own):
+        if own.name == found.name:
+            return own
+        return local_experiment(own.workspace, found.name, experiment_id)
+    if bridge.STATE.mode == "mlflow" and is_patched():
+        # job scripts do `ws = run.experiment.workspace`: the mlflow-mode workspace
+        from azureml.core import Workspace
 
-    cls = module.Run
-    add(cls, "__new__", staticmethod(_run_new))
-    wrap(cls, "list", _run_list)
-    wrap(cls, "get", _run_get)
-    wrap(cls, "register_model", models.run_register_model_wrapper)
-    if "register_model" not in module._OfflineRun.__dict__:
-        import types
-
-        def register_model(self, *args, **kwargs):
-            return models.register_from_run(self, *args, **kwargs)
-
-        add(module._OfflineRun, "register_model",
-            _MlflowModeOnly("register_model", lambda run: types.MethodType(register_model, run)))
+        return local_experiment(Workspace.from_config(), found.name, experiment_id)
+    return reads.Experiment(found.name, experiment_id, t.record.tracking_uri if t.record else None)

@@ -19,7 +19,7 @@ import time
 import uuid
 import weakref
 
-from . import config, ranks
+from . import azure, config, ranks
 from .delivery.errors import describe_error
 from .delivery.queue import WAKE_EVERY
 from .delivery.writer import Writer
@@ -442,15 +442,16 @@ def emit(method, instance, args, kwargs, result) -> None:
         ops.insert(0, CreateRun())
     if record.key_suffix:  # a forked child writing into its parent's run (lifecycle.py)
         ops = ranks.into_series(ops, record.key_suffix)
+    ending = False
     if record.adopted:  # a run other processes may share (ranks.py)
         ops = ranks.for_rank(ops, STATE.cfg.rank)
         if any(type(op) is End for op in ops):  # never end a run the bridge did not create
-            record.ended = True
+            record.ended = ending = True
             ops = ranks.end_as_status(ops, _process_label())
     if method in _STAGED:
         ops = _stage(ops, writer)
     if method in BLOCKING:
-        if any(type(op) is End for op in ops):
+        if ending or any(type(op) is End for op in ops):
             record.ended = True
             try:
                 ops = _with_outputs(record, ops)
@@ -588,13 +589,11 @@ def _with_outputs(record, ops: list) -> list:
     """A top-level run that ends uploads its outputs folder first, as v1 jobs did: on this
     thread (the one ending the run), after the run's earlier data, before its End; see
     outputs.py. Files the store did not take go to the writer (retried, else journaled).
-    Runs the bridge adopted are their owner's to upload into (the launcher does).
-    A job's run ends with the status its script asked for (translate.end_status)."""
+    Which runs: see uploads_outputs. A job's run ends with the status its script asked for (translate.end_status)."""
     if record.state.end_status is not None:
         ops = [End(end_status(record.state, op.status), op.timestamp) if type(op) is End else op
                for op in ops]
-    if (record.parent is not None or record.adopted or record.muted
-            or not STATE.cfg.outputs_enabled()):
+    if not uploads_outputs(record):
         return ops
     from . import outputs
 
@@ -627,6 +626,25 @@ def _with_outputs(record, ops: list) -> list:
     rest = [ArtifactFile(f"{outputs.ARTIFACT_PATH}/{rel}", full) for rel, full, _ in files
             if rel not in uploaded]
     return _stage(rest, writer) + ops
+
+
+def uploads_outputs(record) -> bool:
+    """Whether the run's outputs folder is the bridge's to upload: a top-level run it created,
+    or a run it adopted that nothing else uploads into. Not the launcher's run (the launcher
+    uploads ./outputs once, after the last process), not an Azure ML job's own run for ./outputs
+    (the job uploads ./outputs itself; a folder named by start_logging(outputs=...) is ours),
+    and in a ranked job of a run adopted by all, rank 0's alone."""
+    if record.parent is not None or record.muted or not STATE.cfg.outputs_enabled():
+        return False
+    if not record.adopted:
+        return True
+    if record.mlflow_run_id == STATE.cfg.launcher_run_id or ranks.is_secondary(STATE.cfg.rank):
+        return False
+    if record.mlflow_run_id == azure.job_run_id():
+        from .outputs import DEFAULT_FOLDER
+
+        return bool(record.outputs) and os.path.abspath(record.outputs) != os.path.abspath(DEFAULT_FOLDER)
+    return True
 
 
 def after_fork_in_child() -> None:

@@ -138,6 +138,10 @@ def classify(exc: BaseException, uri: str | None = None) -> Cause:
     for found in missing:
         if found.kind in (MISSING_DRIVER, MISSING_SQLALCHEMY):
             return found
+    # An Azure ML workspace refusing the token it was given (see _azure_refusal).
+    refused = _azure_refusal(excs, text, uri)
+    if refused is not None:
+        return _cause(AUTH, store, refused, False)
     # Before the network: a failed sign-in carries the errors of the credential probes it tried.
     signed = _sign_in_failure(excs, lowered)
     if signed is not None:
@@ -249,6 +253,37 @@ def _missing_module(e: ImportError, uri: str | None) -> Cause | None:
     plugin = f" (the {package} plugin)" if package else ""
     return _cause(PLUGIN, store, f"importing the tracking store{plugin} failed: no module named "
                          f"{name!r}: pip install the package that provides it", False)
+
+
+# What Azure ML (and Azure AD behind it) answers a token it does not take. MLflow turns the
+# workspace's JSON refusal into RestException INTERNAL_ERROR, so the body's words decide.
+_AZURE_REFUSAL_TEXT = ("bearer token", "authorizationerror", "invalidauthenticationtoken",
+                       "expiredauthenticationtoken", "token is expired", "token has expired",
+                       "tokenexpired", "lifetime validation failed")
+_AZURE_MESSAGE = re.compile(r"""["']message["']:\s*["']((?:[^"'\\]|\\.)+)["']""")
+
+
+def _azure_refusal(excs: list, text: str, uri: str | None) -> str | None:
+    """An Azure ML workspace (or the Azure AD it asks) refusing the credential it was given,
+    as one line: what it said and what to check. None for anything else: a credential that
+    could not be had at all is _sign_in_failure's."""
+    from . import azure
+
+    lowered = text.lower()
+    status = _http_status(excs, text)
+    azure_side = azure.is_azureml(uri) or any(
+        (type(e).__module__ or "").startswith(("azure.", "azureml.")) for e in excs)
+    if not (any(s in lowered for s in _AZURE_REFUSAL_TEXT) or (status in (401, 403) and azure_side)):
+        return None
+    said = _AZURE_MESSAGE.search(text)
+    detail = config.redact(said.group(1)[:150]) if said else _first_line(excs[0])
+    if status in (401, 403):
+        detail = f"HTTP {status}: {detail}"
+    import os
+
+    whose = "the job's credentials" if (os.environ.get(config.MLFLOW_RUN_ID)
+                                        or os.environ.get(config.AZUREML_RUN_ID)) else "the credentials"
+    return f"sign-in refused by Azure ML, which did not accept {whose} ({detail}): {azure.what_to_check()}"
 
 
 def _sign_in_failure(excs: list, lowered: str) -> str | None:

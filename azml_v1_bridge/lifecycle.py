@@ -216,7 +216,11 @@ def end_open_runs(writer, status: str) -> None:
             writer.submit(record, None, ranks.end_as_status([End(status, now)], bridge._process_label()))
             continue
         if record.adopted or record.muted:
-            continue  # not ours to end: MLFLOW_RUN_ID's owner or the user's own mlflow run
+            # not ours to end (MLFLOW_RUN_ID's owner or the user's own mlflow run); its outputs
+            # folder is ours where nothing else uploads it (bridge.uploads_outputs)
+            if bridge.uploads_outputs(record):
+                writer.submit(record, None, bridge._with_outputs(record, []))
+            continue
         writer.submit(record, None, bridge._with_outputs(record, [End(status, now)]))
 
 

@@ -12,7 +12,7 @@ import types
 
 import wrapt
 
-from . import bridge, config, lifecycle
+from . import azure, bridge, config, lifecycle
 from .bridge import is_bridged
 
 logger = logging.getLogger("azml_v1_bridge")
@@ -298,6 +298,7 @@ def _offline_property(name: str) -> property:
 def enable(mode: str | None = None) -> str:
     """Patch azureml.core (now or when it is imported). Idempotent; returns the mode."""
     cfg = config.load()
+    azure.set_cloud_default()  # before azureml-mlflow loads: no cloud metadata fetched
     if mode is not None:
         from dataclasses import replace
 

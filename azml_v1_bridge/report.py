@@ -18,7 +18,7 @@ import socket
 import sys
 from urllib.parse import urlsplit, urlunsplit
 
-from . import config
+from . import azure, config
 from .ops import Artifact
 
 ARTIFACT = "azml_v1_bridge/report.json"
@@ -105,7 +105,7 @@ def build(records, stats_list, cfg, journal: str | None) -> dict:
         "parent_mlflow_run_id": parent,
         # None and no name: the writer used MLflow's default experiment.
         "experiment_id": experiment_id,
-        "experiment_name": first.experiment_name,
+        "experiment_name": first.experiment_name or job_experiment_name(first, experiment_id),
         "tracking_uri": uri,
         "run_url": run_url(uri, experiment_id, first.mlflow_run_id),
         "mode": _mode(),
@@ -138,13 +138,26 @@ def public_uri(uri: str | None) -> str | None:
 
 
 def run_url(uri: str | None, experiment_id: str | None, run_id: str | None) -> str | None:
-    """The run's page in the MLflow UI of a tracking server (http/https); None for other stores."""
+    """The run's page in the MLflow UI of a tracking server (http/https), or in Azure ML studio
+    for an azureml:// store; None for other stores."""
+    if azure.is_azureml(uri):
+        return azure.studio_url(uri, run_id)
     if not uri or not run_id or urlsplit(uri).scheme.lower() not in ("http", "https"):
         return None
     base = uri.rstrip("/")
     if experiment_id is None:
         return f"{base}/#/runs/{run_id}"  # the UI finds the experiment itself
     return f"{base}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+def job_experiment_name(record, experiment_id: str | None) -> str | None:
+    """The experiment's name where the job named it (MLFLOW_EXPERIMENT_NAME beside the same
+    MLFLOW_EXPERIMENT_ID, as an Azure ML job sets them) and the run was found there."""
+    name = config.mlflow_setting(config.MLFLOW_EXPERIMENT_NAME)
+    wanted = config.mlflow_setting(config.MLFLOW_EXPERIMENT_ID)
+    if name and experiment_id and (wanted is None or wanted == str(experiment_id)):
+        return name
+    return None
 
 
 def _where(r: dict) -> list:

@@ -162,6 +162,8 @@ class Registry:
             rec.mlflow_run_id, rec.adopted = adopted, True
             if mode == "mirror" and adopted == v1_id:
                 rec.muted = True
+            else:
+                _as_job_run(rec, run)
             return rec
         # mlflow.start_run()'s order: set_experiment in this process, then the variables.
         active_experiment = getattr(fluent, "_active_experiment_id", None) if fluent else None
@@ -181,6 +183,17 @@ class Registry:
 
     def after_fork(self):
         self._lock = threading.RLock()
+
+
+def _as_job_run(rec: RunRecord, run) -> None:
+    """Inside an Azure ML job, v1's id of the job's run is AZUREML_RUN_ID: mlflow mode's stand-in
+    (an offline run, `OfflineRun_<uuid>`) writing into that run takes it as its v1 id."""
+    from . import azure
+
+    job = azure.job_run_id()
+    if job is not None and rec.mlflow_run_id == job and type(run).__name__ == "_OfflineRun":
+        rec.v1_id = job
+        rec.tags["azureml.v1.run_id"] = job
 
 
 def _source_tags() -> dict:

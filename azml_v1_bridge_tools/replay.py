@@ -6,7 +6,7 @@ import logging
 import os
 import sys
 
-from azml_v1_bridge import config
+from azml_v1_bridge import azure, config
 from azml_v1_bridge.delivery.replay import replay_journal
 
 
@@ -29,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, value in config.HTTP_DEFAULTS.items():
         os.environ.setdefault(name, value)
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    azure.set_cloud_default()
     counts = replay_journal(args.journal, args.tracking_uri)
     summary = {k: v for k, v in counts.items() if k not in ("runs", "errors")}
     print("azml-v1-bridge replay: " + ", ".join(f"{k} {v}" for k, v in summary.items()))

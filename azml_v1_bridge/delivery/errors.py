@@ -92,6 +92,13 @@ def is_permanent(exc: BaseException, uri: str | None = None) -> bool:
     return False
 
 
+def is_sign_in_refusal(exc: BaseException, uri: str | None = None) -> bool:
+    """A refused sign-in, whatever error code MLflow gave it (Azure ML's JSON refusal becomes
+    INTERNAL_ERROR): retrying cannot mend it."""
+    cause = cause_of(exc, uri)
+    return cause is not None and getattr(cause, "kind", None) == "authentication"
+
+
 def describe_error(exc: BaseException, uri: str | None = None) -> str:
     """A store failure in one line, naming its cause where it is known; credentials redacted."""
     cause = cause_of(exc, uri)

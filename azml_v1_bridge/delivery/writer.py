@@ -24,13 +24,13 @@ import logging
 import os
 import time
 
-from .. import config
+from .. import azure, config
 from ..runs import LOCAL_ID_TAG
 from ..ops import (FAILED_NOTES, Artifact, ArtifactFile, Chart, CreateRun, End, Image, Metric,
                    Note, Param, Tag)
 from .batching import DOC_KINDS, Work, batches, halves
 from .errors import (ITEM_ERRORS, RUN_ERRORS, Refused, Unreachable, describe_error, error_code,
-                     is_item_error, is_permanent, plain_error)
+                     is_item_error, is_permanent, is_sign_in_refusal, plain_error)
 from .journal import Journal
 from .queue import CLOSE, FLUSH, QueueFront
 from .store import Store, creation_tags
@@ -81,6 +81,7 @@ class Writer(QueueFront):
         for name, value in config.HTTP_DEFAULTS.items():
             os.environ.setdefault(name, value)
         os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+        azure.set_cloud_default()
         self._prewarm()
         self._serve()
 
@@ -320,7 +321,8 @@ class Writer(QueueFront):
                     raise
                 if code in RUN_ERRORS:
                     raise Refused(f"{what}: {describe_error(exc)}") from exc
-                if code is None and is_permanent(exc):
+                if ((code is None and is_permanent(exc))
+                        or (code == "INTERNAL_ERROR" and is_sign_in_refusal(exc))):
                     error = Unreachable(f"{what}: {describe_error(exc)}")
                     error.permanent = True
                     raise error from exc

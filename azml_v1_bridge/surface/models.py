@@ -17,7 +17,7 @@ import os
 import shutil
 import tempfile
 
-from .. import bridge, config
+from .. import azure, bridge, config
 from ..translate import V1_RUN_ID_TAG
 from . import reads
 from . import workspace as workspace_module
@@ -130,8 +130,12 @@ def register_from_run(run, model_name, model_path=None, tags=None, properties=No
         else:
             raise _path_error(f"register_model: {path!r} is neither in run {t.v1_id!r}'s files "
                               f"nor a local file or folder (files: {reads._file_names(t)[:20]})")
-    source = t.run.info.artifact_uri.rstrip("/") + "/" + path
     experiment = t.client.get_experiment(t.run.info.experiment_id).name
+    if azure.is_azureml(t.client.tracking_uri):
+        return _azure_version(model_name, f"runs:/{t.run_id}/{path}", t.run_id, _version_tags(
+            tags, properties, model_framework, model_framework_version,
+            {V1_RUN_ID_TAG: t.v1_id, EXPERIMENT_TAG: experiment}), description, _workspace_of(run))
+    source = t.run.info.artifact_uri.rstrip("/") + "/" + path
     version = _create_version(
         model_name, source, t.run_id,
         _version_tags(tags, properties, model_framework, model_framework_version,
@@ -167,6 +171,9 @@ def _register(workspace, model_path, model_name, tags=None, properties=None, des
     if not os.path.exists(local):
         raise _path_error(f"Model.register: {model_path!r} does not exist")
     client = _client()
+    if azure.is_azureml(client.tracking_uri):
+        return _register_on_azure(client, workspace, local, model_name, child_paths, _version_tags(
+            tags, properties, model_framework, model_framework_version, {}), description)
     experiment_id = _experiment_id(client)
     logged = client.create_logged_model(experiment_id, name=model_name)
     with tempfile.TemporaryDirectory(prefix="azml_v1_bridge-model-") as tmp:
@@ -316,3 +323,78 @@ def patch_model_module(module, wrap, add) -> None:
     wrap(cls, "register", _model_register)
     wrap(cls, "list", _model_list)
     wrap(cls, "download", _model_download)
+
+
+# ---------------------------------------------------------------- Azure ML's registry (azureml://)
+# Azure ML serves MLflow's model registry, not MLflow 3's logged models (its
+# /api/2.0/mlflow/logged-models answers 404): a version's files are a run's artifacts, named
+# `runs:/<run>/<path>` as Azure's documentation names them.
+
+AZURE_MODELS_PATH = "azml_v1_bridge/models"
+
+
+def _register_on_azure(client, workspace, local, model_name, child_paths, tags, description):
+    """Model.register on Azure ML: the files go into the job's run (MLFLOW_RUN_ID; without one,
+    a run of their own in the job's experiment), under azml_v1_bridge/models/<name>/<stamp>/."""
+    import uuid
+
+    run_id = config.mlflow_setting(config.MLFLOW_RUN_ID)
+    own = None
+    if run_id is None:
+        own = client.create_run(_experiment_id(client), run_name=f"Model.register {model_name}",
+                                tags={"azml_v1_bridge.model_files": model_name})
+        run_id = own.info.run_id
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
+    folder = f"{AZURE_MODELS_PATH}/{model_name}/{stamp}"
+    name_in = os.path.basename(local.rstrip(os.sep))
+    try:
+        if os.path.isdir(local):
+            with tempfile.TemporaryDirectory(prefix="azml_v1_bridge-model-") as tmp:
+                source_dir = local
+                if child_paths:
+                    source_dir = os.path.join(tmp, name_in)
+                    for child in child_paths:
+                        target = os.path.join(source_dir, child)
+                        os.makedirs(os.path.dirname(target), exist_ok=True)
+                        shutil.copy2(os.path.join(local, child), target)
+                client.log_artifacts(run_id, source_dir, f"{folder}/{name_in}")
+        else:
+            client.log_artifact(run_id, local, folder)
+    finally:
+        if own is not None:
+            client.set_terminated(run_id)
+    return _azure_version(model_name, f"runs:/{run_id}/{folder}/{name_in}", run_id, tags, description,
+                          workspace)
+
+
+def _azure_version(name, source, run_id, tags, description, workspace):
+    """A version in Azure ML's registry, as a v1 Model. Where Azure ML refuses it, one warning
+    line naming its reason and a v1 Model of what was asked (version None): the training
+    script goes on (AZML_V1_BRIDGE_STRICT=1 raises instead)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return model_object(_create_version(name, source, run_id, tags, description), workspace)
+    except MlflowException as exc:
+        if bridge.STATE.cfg.strict:
+            raise
+        from ..delivery.errors import describe_error
+
+        bridge.logger.warning("azml_v1_bridge: Azure ML refused to register model %r from %s: %s; "
+                              "the script goes on (the files stay in the run)", name, source,
+                              describe_error(exc, _client().tracking_uri))
+        return _unregistered(name, source, run_id, tags, description, workspace)
+
+
+def _unregistered(name, source, run_id, tags, description, workspace):
+    from azureml.core.model import Model
+
+    model = Model(None)
+    model.name, model.version, model.id = name, None, None
+    model.tags = {k: v for k, v in tags.items() if not k.startswith(HIDDEN)}
+    model.properties = {k[len(PROPERTY_PREFIX):]: v for k, v in tags.items() if k.startswith(PROPERTY_PREFIX)}
+    model.description = description or None
+    model.url = source
+    model.run_id = tags.get(V1_RUN_ID_TAG) or run_id
+    model.workspace = workspace
+    return model

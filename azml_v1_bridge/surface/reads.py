@@ -106,8 +106,31 @@ def _client(uri: str | None):
     if client is None:
         from mlflow.tracking import MlflowClient
 
-        client = _clients[uri] = MlflowClient(tracking_uri=uri)
+        from .. import azure
+
+        kind = _run_artifacts_client() if azure.is_azureml(uri) else MlflowClient
+        client = _clients[uri] = kind(tracking_uri=uri)
     return client
+
+
+def _run_artifacts_client():
+    """An MlflowClient that lists and downloads a run's files from the run's own artifact
+    store. MLflow 3's client goes through `runs:/`, which also searches the run's logged models:
+    a call Azure ML answers 404 (it serves no logged-models API)."""
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+    from mlflow.tracking import MlflowClient
+
+    class RunArtifactsClient(MlflowClient):
+        def _repo(self, run_id):
+            return get_artifact_repository(self.get_run(run_id).info.artifact_uri)
+
+        def list_artifacts(self, run_id, path=None):
+            return self._repo(run_id).list_artifacts(path)
+
+        def download_artifacts(self, run_id, path, dst_path=None):
+            return self._repo(run_id).download_artifacts(path, dst_path)
+
+    return RunArtifactsClient
 
 
 def record_of(run):

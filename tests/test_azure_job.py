@@ -2,8 +2,8 @@
 plugin against a loopback stand-in for the workspace (tests/azure_workspace.py), under Azure's
 real host names in a network namespace of its own.
 
-Needs the plugin (CI runs this file in .venv-azure, whose MLflow is what azureml-mlflow pins)
-and `unshare --net --mount` (root); skipped with the reason otherwise.
+The jobs need the plugin (CI runs this file in .venv-azure, whose MLflow is what azureml-mlflow
+pins) and `unshare --net --mount` (root); skipped with the reason otherwise.
 """
 import json
 import os
@@ -12,9 +12,6 @@ import sys
 import textwrap
 
 import pytest
-
-pytest.importorskip("azureml.mlflow", reason="azureml-mlflow is not installed here (CI runs this "
-                                             "file in .venv-azure)")
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -89,6 +86,8 @@ def _mlflow_executable() -> str:
 def workspace(tmp_path_factory):
     """Three v2 command jobs in the stand-in workspace: token (import line), managed identity
     (launcher, no import line), a refused token. Returns the harness's result."""
+    pytest.importorskip("azureml.mlflow", reason="azureml-mlflow is not installed here (CI runs this "
+                                                 "file in .venv-azure)")
     problem = _unshare_problem()
     if problem:
         pytest.skip(problem)
@@ -189,3 +188,25 @@ def test_a_refused_token_is_a_sign_in_failure_journaled_at_once(workspace):
     # nothing reached the workspace without a valid token
     assert all(r["status"] == 401 for r in workspace["requests"]
                if r["host"].endswith("azureml.ms") and r["auth"] and r.get("run") == job["run_id"])
+
+
+def test_the_cloud_and_the_studio_link_come_from_the_uri():
+    from azml_v1_bridge import azure
+
+    uri = ("azureml://westeurope.api.azureml.ms/mlflow/v1.0/subscriptions/S1/resourceGroups/RG"
+           "/providers/Microsoft.MachineLearningServices/workspaces/W1")
+    env = {"MLFLOW_TRACKING_URI": uri}
+    assert azure.set_cloud_default(env) == "AzureCloud" and env["AZUREML_CURRENT_CLOUD"] == "AzureCloud"
+    mine = {"MLFLOW_TRACKING_URI": uri, "AZUREML_CURRENT_CLOUD": "AzureUSGovernment"}
+    assert azure.set_cloud_default(mine) is None and mine["AZUREML_CURRENT_CLOUD"] == "AzureUSGovernment"
+    china = {"MLFLOW_TRACKING_URI": uri.replace("westeurope.api.azureml.ms", "chinaeast2.api.ml.azure.cn")}
+    assert azure.set_cloud_default(china) == "AzureChinaCloud"
+    for other in ({"MLFLOW_TRACKING_URI": "http://127.0.0.1:5000"}, {}):
+        assert azure.set_cloud_default(other) is None and "AZUREML_CURRENT_CLOUD" not in other
+    assert azure.studio_url(uri, "r1") == ("https://ml.azure.com/runs/r1?wsid=/subscriptions/S1"
+                                           "/resourcegroups/RG/workspaces/W1")
+    assert azure.studio_url("http://127.0.0.1:5000", "r1") is None
+    job = {"MLFLOW_TRACKING_URI": uri, "AZUREML_RUN_ID": "r1", "MLFLOW_RUN_ID": "r1"}
+    assert azure.job_run_id(job) == "r1"
+    assert azure.job_run_id(dict(job, MLFLOW_RUN_ID="another")) is None
+    assert azure.job_run_id(dict(job, MLFLOW_TRACKING_URI="sqlite:///x.db")) is None

@@ -56,7 +56,7 @@ class Answer(http.server.BaseHTTPRequestHandler):
               500: ("text/html", b"<h1>Internal Server Error</h1>")}
 
     def _answer(self):
-        kind, body = self.BODIES[self.server.status]
+        kind, body = getattr(self.server, "body", None) or self.BODIES[self.server.status]
         self.send_response(self.server.status)
         self.send_header("Content-Type", kind)
         self.end_headers()
@@ -70,9 +70,9 @@ class Answer(http.server.BaseHTTPRequestHandler):
 def http_status():
     servers = []
 
-    def start(status):
+    def start(status, body=None):
         server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Answer)
-        server.status = status
+        server.status, server.body = status, body
         threading.Thread(target=server.serve_forever, daemon=True).start()
         servers.append(server)
         return f"http://alice:{PASSWORD}@127.0.0.1:{server.server_address[1]}"
@@ -181,6 +181,49 @@ def test_a_server_error_is_transient(http_status):
     cause = causes.classify(failure(uri), uri)
     assert cause.kind == causes.SERVER_ERROR and cause.transient
     assert "HTTP 500" in cause.message
+
+
+def _jwt(exp):
+    import base64
+
+    def part(obj):
+        return base64.urlsafe_b64encode(json.dumps(obj).encode()).rstrip(b"=").decode()
+    return f"{part({'alg': 'RS256'})}.{part({'exp': exp})}.c2ln"
+
+
+AZURE_REFUSALS = {  # what Azure ML's data plane answers a token it does not take
+    "bearer": b'{"error": {"code": "UserError", "message": "Bearer token not provided or not valid."}}',
+    "authorization": b'{"error": {"code": "AuthorizationError", "message": "The principal does not have '
+                     b'permission on the workspace."}}',
+}
+
+
+@pytest.mark.parametrize("body, credential, words", [
+    ("bearer", {"MLFLOW_TRACKING_TOKEN": _jwt(1700000000)},
+     ["Bearer token not provided or not valid.", "MLFLOW_TRACKING_TOKEN's expiry (it expired at 2023-11-14"]),
+    ("authorization", {"MSI_ENDPOINT": "http://127.0.0.1:1/MSI/auth"},
+     ["does not have permission", "the job's identity", "managed identity (MSI_ENDPOINT)", "expiry"]),
+], ids=["expired-token", "managed-identity"])
+def test_azure_ml_refusing_the_jobs_credentials_is_a_sign_in_failure(http_status, monkeypatch, body,
+                                                                      credential, words):
+    # MLflow turns Azure ML's JSON refusal into RestException INTERNAL_ERROR (no HTTP status):
+    # its words decide, so the writer journals at once instead of retrying an "outage".
+    from azml_v1_bridge.delivery.errors import is_sign_in_refusal
+
+    for name in ("MLFLOW_TRACKING_TOKEN", "MSI_ENDPOINT"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in credential.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("MLFLOW_RUN_ID", "job-run")
+    uri = http_status(401, ("application/json", AZURE_REFUSALS[body]))
+    exc = failure(uri)
+    assert getattr(exc, "error_code", None) == "INTERNAL_ERROR"
+    cause = causes.classify(exc, uri)
+    assert cause.kind == causes.AUTH and not cause.transient and is_sign_in_refusal(exc)
+    assert "sign-in refused by Azure ML, which did not accept the job's credentials" in cause.message
+    for word in words:
+        assert word in cause.message, cause.message
+    assert PASSWORD not in cause.message
 
 
 def test_azure_sign_in_failure_is_authentication_not_a_missing_module():

@@ -286,6 +286,19 @@ def _azure_refusal(excs: list, text: str, uri: str | None) -> str | None:
     return f"sign-in refused by Azure ML, which did not accept {whose} ({detail}): {azure.what_to_check()}"
 
 
+_AZURE_CODE = re.compile(r"""["']code["']:\s*["']([A-Za-z]+)["']""")
+
+
+def azure_said(exc: BaseException) -> str:
+    """What an Azure ML error body said ("UserError: <message>"), from the JSON MLflow wraps
+    in RestException INTERNAL_ERROR; else the exception's first line."""
+    text = _text(exc)
+    said, code = _AZURE_MESSAGE.search(text), _AZURE_CODE.search(text)
+    if said is None:
+        return _first_line(exc)
+    return config.redact((f"{code.group(1)}: " if code else "") + said.group(1)[:200])
+
+
 def _sign_in_failure(excs: list, lowered: str) -> str | None:
     """A short description of the sign-in failure in the chain, or None."""
     for e in excs:

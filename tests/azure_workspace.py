@@ -218,6 +218,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
             rest = mlflow.group(1)
             if "/mlflow/logged-models" in rest:  # MLflow 3's logged models: not served by Azure ML
                 return self._reply(404, {"error": {"code": "UserError", "message": "Not Found"}})
+            if rest.endswith("/model-versions/create") and b'"refused-' in body:  # a refusal to name
+                return self._reply(400, {"error": {"code": "UserError", "message": (
+                    "Model format not supported for this operation")}})
             return self._proxy(rest, query, body)
         run_id, tail = history.group(2), history.group(3) or ""
         if tail == "/batch/metadata" and self.command == "POST":

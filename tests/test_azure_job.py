@@ -48,6 +48,14 @@ with open("standalone.bin", "wb") as f:
 m2 = Model.register(run.experiment.workspace, "standalone.bin", "legacy-model", tags={{"k": "2"}},
                     description="no run")
 print("WS_MODEL", m2.name, m2.version, m2.tags, m2.description)
+m3 = run.register_model("refused-model", "outputs/model.pkl")
+print("REFUSED_MODEL", m3.name, m3.version)
+os.makedirs("results", exist_ok=True)
+with open("results/r.txt", "w") as f:
+    f.write("r")
+extra = run.experiment.start_logging(outputs="results")  # in a job: the job's run again
+extra.log("extra", 1)
+extra.complete()
 """
 
 REFUSED = """
@@ -138,8 +146,10 @@ def test_every_v1_call_lands_in_the_jobs_run(workspace, index):
     assert run["tags"]["azureml.v1.run_id"] == job["run_id"]  # AZUREML_RUN_ID, not OfflineRun_...
     assert "notes/notes.txt" in run["artifacts"]
     assert any(a.startswith("table") or "table" in a for a in run["artifacts"]), run["artifacts"]
-    # ./outputs: a v2 command job uploads it itself; the bridge does not upload it twice
+    # ./outputs: a v2 command job uploads it itself; the bridge does not upload it twice; a
+    # folder given to start_logging(outputs=...) is the bridge's to upload
     assert not any(a.startswith("outputs/summary") for a in run["artifacts"]), run["artifacts"]
+    assert "outputs/r.txt" in run["artifacts"] and run["metrics"]["extra"] == [[0, 1.0]]
     # the child run: in the job's experiment, under the job's run, ended by child.complete()
     children = [r for r in state["runs"].values() if r["tags"].get("mlflow.parentRunId") == job["run_id"]]
     assert len(children) == 1
@@ -172,6 +182,10 @@ def test_models_register_through_the_calls_azure_ml_serves(workspace):
         assert by_tag["2"]["source"].startswith(f"runs:/{job['run_id']}/")
         assert "RUN_MODEL legacy-model" in job["stdout"] and "{'k': '1'} from the job" in job["stdout"]
         assert "WS_MODEL legacy-model" in job["stdout"] and "{'k': '2'} no run" in job["stdout"]
+        # Azure ML's refusal: one line naming the reason, and the script went on
+        assert "REFUSED_MODEL refused-model None" in job["stdout"]
+        lines = [l for l in job["stderr"].splitlines() if "refused to register model 'refused-model'" in l]
+        assert len(lines) == 1 and "(UserError: Model format not supported" in lines[0], job["stderr"][-3000:]
     # no logged-models call (Azure ML answers 404 there)
     assert not [r for r in workspace["requests"] if "logged-models" in r["path"]]
 

@@ -167,22 +167,28 @@ def test_start_logging_outputs_folder_and_only_top_level_runs(outputs_setting, s
     assert store.get_run(parent_id).info.status == "FINISHED"
 
 
+@pytest.mark.parametrize("rank, uploaded", [(None, True), ("1", False)], ids=["alone", "rank-1"])
 def test_a_run_adopted_through_mlflow_run_id_gets_outputs_from_the_bridge(outputs_setting, store, tmp_path,
-                                                                          monkeypatch):
+                                                                          monkeypatch, rank, uploaded):
     """MLFLOW_RUN_ID outside an Azure ML job: nothing else uploads ./outputs into that run, so the
-    bridge does, once, and leaves the run to its owner (in a job the job uploads it: see
-    tests/test_azure_job.py)."""
+    bridge does, once (rank 0's process only, when ranks share it), and leaves the run to its
+    owner (in a job the job uploads it: see tests/test_azure_job.py)."""
     import azml_v1_bridge
 
     owner = store.create_run("0").info.run_id
     monkeypatch.setenv("MLFLOW_RUN_ID", owner)
-    outputs_setting("mlflow", None)
-    make_outputs(tmp_path / "outputs", {"model.pkl": b"weights"})
-    run = offline_run()
-    run.log("x", 1)
-    run.complete()  # the adopted run is not ended; its outputs go up now, not again at the end
-    azml_v1_bridge.finish()
-    assert artifacts(store, owner, "outputs") == ["outputs/model.pkl"]
+    if rank is not None:
+        monkeypatch.setenv("AZML_V1_BRIDGE_RANK", rank)
+    try:
+        outputs_setting("mlflow", None)
+        make_outputs(tmp_path / "outputs", {"model.pkl": b"weights"})
+        run = offline_run()
+        run.log("x", 1)
+        run.complete()  # the adopted run is not ended; its outputs go up now, not again at the end
+        azml_v1_bridge.finish()
+    finally:  # before the fixture's enable("mirror"): later tests must not inherit the rank
+        monkeypatch.delenv("AZML_V1_BRIDGE_RANK", raising=False)
+    assert artifacts(store, owner, "outputs") == (["outputs/model.pkl"] if uploaded else [])
     assert store.get_run(owner).info.status == "RUNNING"
 
 

@@ -370,19 +370,18 @@ def _register_on_azure(client, workspace, local, model_name, child_paths, tags, 
 def _azure_version(name, source, run_id, tags, description, workspace):
     """A version in Azure ML's registry, as a v1 Model. Where Azure ML refuses it, one warning
     line naming its reason and a v1 Model of what was asked (version None): the training
-    script goes on (AZML_V1_BRIDGE_STRICT=1 raises instead)."""
+    script goes on. Not a bridge failure: strict mode does not raise it either."""
     from mlflow.exceptions import MlflowException
 
     try:
         return model_object(_create_version(name, source, run_id, tags, description), workspace)
     except MlflowException as exc:
-        if bridge.STATE.cfg.strict:
-            raise
-        from ..delivery.errors import describe_error
+        from .. import causes
 
-        bridge.logger.warning("azml_v1_bridge: Azure ML refused to register model %r from %s: %s; "
-                              "the script goes on (the files stay in the run)", name, source,
-                              describe_error(exc, _client().tracking_uri))
+        cause = causes.classify(exc, _client().tracking_uri)
+        reason = cause.reason if cause.kind != causes.OTHER else causes.azure_said(exc)
+        bridge.logger.warning("azml_v1_bridge: Azure ML refused to register model %r from %s (%s); "
+                              "the script goes on (the files stay in the run)", name, source, reason)
         return _unregistered(name, source, run_id, tags, description, workspace)
 
 

@@ -48,14 +48,15 @@ def cloud_of(uri: str | None) -> str | None:
     return next((cloud for suffix, cloud in CLOUDS if host == suffix or host.endswith("." + suffix)), None)
 
 
-def set_cloud_default(env=None) -> str | None:
-    """AZUREML_CURRENT_CLOUD from the tracking URI's host, where it is unset: without it,
+def set_cloud_default(env=None, uri: str | None = None) -> str | None:
+    """AZUREML_CURRENT_CLOUD from the tracking URI's host (`uri`, else MLFLOW_TRACKING_URI),
+    where it is unset: without it,
     azureml-mlflow first fetches cloud metadata from management.azure.com (a network call, and
     an error printed where the job may not reach it). The user's value is never overridden."""
     env = os.environ if env is None else env
     if env.get(config.AZUREML_CURRENT_CLOUD):
         return None
-    cloud = cloud_of(env.get(config.MLFLOW_TRACKING_URI))
+    cloud = cloud_of(uri or env.get(config.MLFLOW_TRACKING_URI))
     if cloud is not None:
         env[config.AZUREML_CURRENT_CLOUD] = cloud
     return cloud

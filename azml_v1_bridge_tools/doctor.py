@@ -16,7 +16,7 @@ import time
 from importlib import metadata
 from urllib.parse import unquote, urlsplit
 
-from azml_v1_bridge import causes, config
+from azml_v1_bridge import azure, causes, config
 
 from . import cli
 
@@ -256,6 +256,7 @@ class Doctor:
         # can take tens of seconds: that is slow, not dead.
         os.environ[config.MLFLOW_HTTP_REQUEST_MAX_RETRIES] = "0"
         os.environ[config.MLFLOW_HTTP_REQUEST_TIMEOUT] = str(max(1, int(round(self.timeout))))
+        azure.set_cloud_default(uri=uri)  # as a run would: no cloud metadata fetched first
         started = time.monotonic()
         threading.Thread(target=probe, name="azml_v1_bridge-doctor-probe", daemon=True).start()
         answered.wait(self.timeout + 5)

@@ -116,6 +116,8 @@ def workspace(tmp_path_factory):
         {"name": "refused-job", "auth": "refused", "argv": ["{python}", str(scripts["refused.py"])],
          "env": dict(env, AZML_V1_BRIDGE_STRICT="0",
                      AZML_V1_BRIDGE_JOURNAL=str(folder / "refused.jsonl"))},
+        {"name": "refused-doctor", "auth": "refused", "env": env,
+         "argv": ["{python}", "-m", "azml_v1_bridge_tools.cli", "doctor", "--timeout", "30"]},
     ]}
     (folder / "spec.json").write_text(json.dumps(spec))
     result_path = folder / "result.json"
@@ -199,6 +201,12 @@ def test_a_refused_token_is_a_sign_in_failure_journaled_at_once(workspace):
     assert "MLFLOW_TRACKING_TOKEN" in job["stderr"] and "expir" in job["stderr"]
     assert "journal" in job["stderr"]
     assert run["metrics"] == {}
+    # doctor names the same cause, not MLflow's raw RestException
+    doctor = workspace["jobs"][3]
+    assert doctor["rc"] != 0
+    said = doctor["stdout"] + doctor["stderr"]
+    assert "sign-in refused by Azure ML" in said and "MLFLOW_TRACKING_TOKEN's expiry" in said, said[-3000:]
+    assert "INTERNAL_ERROR" not in said and "unable to load cloud metadata" not in said
     # nothing reached the workspace without a valid token
     assert all(r["status"] == 401 for r in workspace["requests"]
                if r["host"].endswith("azureml.ms") and r["auth"] and r.get("run") == job["run_id"])

@@ -188,6 +188,9 @@ def test_models_register_through_the_calls_azure_ml_serves(workspace):
         assert "REFUSED_MODEL refused-model None" in job["stdout"]
         lines = [l for l in job["stderr"].splitlines() if "refused to register model 'refused-model'" in l]
         assert len(lines) == 1 and "(UserError: Model format not supported" in lines[0], job["stderr"][-3000:]
+    # nothing else: two versions a job (the refused one is not there), no other run
+    assert len(versions) == 4
+    assert len(workspace["workspace_state"]["runs"]) == len(workspace["jobs"]) + 2  # + the children
     # no logged-models call (Azure ML answers 404 there)
     assert not [r for r in workspace["requests"] if "logged-models" in r["path"]]
 
@@ -207,9 +210,9 @@ def test_a_refused_token_is_a_sign_in_failure_journaled_at_once(workspace):
     said = doctor["stdout"] + doctor["stderr"]
     assert "sign-in refused by Azure ML" in said and "MLFLOW_TRACKING_TOKEN's expiry" in said, said[-3000:]
     assert "INTERNAL_ERROR" not in said and "unable to load cloud metadata" not in said
-    # nothing reached the workspace without a valid token
-    assert all(r["status"] == 401 for r in workspace["requests"]
-               if r["host"].endswith("azureml.ms") and r["auth"] and r.get("run") == job["run_id"])
+    # refused once each (the job's writer, doctor), not retried as an outage
+    refusals = [r for r in workspace["requests"] if r["status"] == 401]
+    assert 2 <= len(refusals) <= 4, refusals
 
 
 def test_the_cloud_and_the_studio_link_come_from_the_uri():

@@ -589,7 +589,8 @@ def _with_outputs(record, ops: list) -> list:
     """A top-level run that ends uploads its outputs folder first, as v1 jobs did: on this
     thread (the one ending the run), after the run's earlier data, before its End; see
     outputs.py. Files the store did not take go to the writer (retried, else journaled).
-    Which runs: see uploads_outputs. A job's run ends with the status its script asked for (translate.end_status)."""
+    Which runs: see uploads_outputs. A job's run ends with the status its script asked for
+    (translate.end_status)."""
     if record.state.end_status is not None:
         ops = [End(end_status(record.state, op.status), op.timestamp) if type(op) is End else op
                for op in ops]

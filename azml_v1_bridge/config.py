@@ -34,14 +34,14 @@ MLFLOW_TRACKING_URI = "MLFLOW_TRACKING_URI"
 MLFLOW_RUN_ID = "MLFLOW_RUN_ID"
 MLFLOW_EXPERIMENT_NAME = "MLFLOW_EXPERIMENT_NAME"
 MLFLOW_EXPERIMENT_ID = "MLFLOW_EXPERIMENT_ID"
-# MLflow's HTTP retry settings: the bridge sets defaults for them (never
-# overriding the user's) so a dead server fails in seconds, not minutes.
 MLFLOW_TRACKING_TOKEN = "MLFLOW_TRACKING_TOKEN"
 # An Azure ML job's: its run (a v2 command job's MLflow run id), its managed identity, and the
 # cloud azureml-mlflow resolves endpoints in (see azure.py).
 AZUREML_RUN_ID = "AZUREML_RUN_ID"
 MSI_ENDPOINT = "MSI_ENDPOINT"
 AZUREML_CURRENT_CLOUD = "AZUREML_CURRENT_CLOUD"
+# MLflow's HTTP retry settings: the bridge sets defaults for them (never
+# overriding the user's) so a dead server fails in seconds, not minutes.
 MLFLOW_HTTP_REQUEST_MAX_RETRIES = "MLFLOW_HTTP_REQUEST_MAX_RETRIES"
 MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR = "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"
 MLFLOW_HTTP_REQUEST_TIMEOUT = "MLFLOW_HTTP_REQUEST_TIMEOUT"

@@ -105,7 +105,7 @@ def build(records, stats_list, cfg, journal: str | None) -> dict:
         "parent_mlflow_run_id": parent,
         # None and no name: the writer used MLflow's default experiment.
         "experiment_id": experiment_id,
-        "experiment_name": first.experiment_name or job_experiment_name(first, experiment_id),
+        "experiment_name": first.experiment_name or job_experiment_name(experiment_id),
         "tracking_uri": uri,
         "run_url": run_url(uri, experiment_id, first.mlflow_run_id),
         "mode": _mode(),
@@ -150,7 +150,7 @@ def run_url(uri: str | None, experiment_id: str | None, run_id: str | None) -> s
     return f"{base}/#/experiments/{experiment_id}/runs/{run_id}"
 
 
-def job_experiment_name(record, experiment_id: str | None) -> str | None:
+def job_experiment_name(experiment_id: str | None) -> str | None:
     """The experiment's name where the job named it (MLFLOW_EXPERIMENT_NAME beside the same
     MLFLOW_EXPERIMENT_ID, as an Azure ML job sets them) and the run was found there."""
     name = config.mlflow_setting(config.MLFLOW_EXPERIMENT_NAME)

@@ -4,7 +4,9 @@
 at `path` (a local file or folder of that path not yet uploaded is uploaded first: v1
 scripts register `outputs/model.pkl` before the job's end uploads ./outputs).
 `Model.register(ws, path, name)` has no run: the files go to an MLflow logged model (MLflow
-3's home for a model without a run) and the version points at it. Both return a real v1
+3's home for a model without a run) and the version points at it; Azure ML has no logged
+models, so there (azureml://) the files go into the job's run and both name `runs:/` sources
+(see the end of this file). Both return a real v1
 `Model` object (v1's constructor with no workspace does nothing; its fields are filled from
 the version): `name`, `version` (int), `id` ("name:version", as v1), `tags`, `properties`,
 `description`, `run_id` (the v1 run id), `url` (the source). v1 tags are version tags;

@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, value in config.HTTP_DEFAULTS.items():
         os.environ.setdefault(name, value)
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
-    azure.set_cloud_default()
+    azure.set_cloud_default(uri=args.tracking_uri)
     counts = replay_journal(args.journal, args.tracking_uri)
     summary = {k: v for k, v in counts.items() if k not in ("runs", "errors")}
     print("azml-v1-bridge replay: " + ", ".join(f"{k} {v}" for k, v in summary.items()))

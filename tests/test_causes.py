@@ -226,6 +226,33 @@ def test_azure_ml_refusing_the_jobs_credentials_is_a_sign_in_failure(http_status
     assert PASSWORD not in cause.message
 
 
+@pytest.mark.parametrize("status", [401, 403])
+def test_azure_ml_run_history_refusing_the_job_is_a_sign_in_failure(http_status, monkeypatch, status):
+    # azureml-mlflow's artifact calls go through azure-core, whose generated clients raise
+    # ClientAuthenticationError (401) or HttpResponseError (403) with the response attached.
+    from azure.core import PipelineClient
+    from azure.core.exceptions import ClientAuthenticationError, HttpResponseError, map_error
+    from azure.core.rest import HttpRequest
+
+    monkeypatch.delenv("MLFLOW_TRACKING_TOKEN", raising=False)
+    monkeypatch.setenv("MSI_ENDPOINT", "http://127.0.0.1:1/MSI/auth")
+    monkeypatch.setenv("AZUREML_RUN_ID", "job-run")
+    base = http_status(status, ("application/json", AZURE_REFUSALS["authorization"])).replace(
+        f"alice:{PASSWORD}@", "")
+    response = PipelineClient(base_url=base).send_request(
+        HttpRequest("GET", base + "/history/v1.0/artifacts/contentinfo"))
+    with pytest.raises(HttpResponseError) as info:
+        map_error(status_code=response.status_code, response=response,
+                  error_map={401: ClientAuthenticationError})
+        raise HttpResponseError(response=response)
+    uri = ("azureml://eastus.api.azureml.ms/mlflow/v1.0/subscriptions/s/resourceGroups/g/providers/"
+           "Microsoft.MachineLearningServices/workspaces/w")
+    cause = causes.classify(info.value, uri)
+    assert cause.kind == causes.AUTH and not cause.transient
+    assert f"sign-in refused by Azure ML, which did not accept the job's credentials (HTTP {status}" in cause.message
+    assert "the job's identity" in cause.message and "az login" not in cause.message
+
+
 def test_azure_sign_in_failure_is_authentication_not_a_missing_module():
     # azureml-core's own sign-in fails for real without `az` (it chains a ModuleNotFoundError).
     from azureml.core.authentication import AzureCliAuthentication

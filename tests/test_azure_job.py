@@ -118,6 +118,9 @@ def workspace(tmp_path_factory):
                      AZML_V1_BRIDGE_JOURNAL=str(folder / "refused.jsonl"))},
         {"name": "refused-doctor", "auth": "refused", "env": env,
          "argv": ["{python}", "-m", "azml_v1_bridge_tools.cli", "doctor", "--timeout", "30"]},
+        {"name": "refused-thread-writer", "auth": "refused", "argv": ["{python}", str(scripts["refused.py"])],
+         "env": dict(env, AZML_V1_BRIDGE_STRICT="0", AZML_V1_BRIDGE_WRITER="thread",
+                     AZML_V1_BRIDGE_JOURNAL=str(folder / "refused-thread.jsonl"))},
     ]}
     (folder / "spec.json").write_text(json.dumps(spec))
     result_path = folder / "result.json"
@@ -195,8 +198,9 @@ def test_models_register_through_the_calls_azure_ml_serves(workspace):
     assert not [r for r in workspace["requests"] if "logged-models" in r["path"]]
 
 
-def test_a_refused_token_is_a_sign_in_failure_journaled_at_once(workspace):
-    job, run = _job(workspace, 2)
+@pytest.mark.parametrize("index", [2, 4], ids=["process-writer", "thread-writer"])
+def test_a_refused_token_is_a_sign_in_failure_journaled_at_once(workspace, index):
+    job, run = _job(workspace, index)
     assert job["rc"] == 0 and "SCRIPT_WENT_ON" in job["stdout"], job["stderr"][-3000:]
     flushed = float(job["stdout"].split("FLUSHED_IN ")[1].split()[0])
     assert flushed < 20, job["stdout"]  # not the 30 s retry window of an outage
@@ -210,9 +214,9 @@ def test_a_refused_token_is_a_sign_in_failure_journaled_at_once(workspace):
     said = doctor["stdout"] + doctor["stderr"]
     assert "sign-in refused by Azure ML" in said and "MLFLOW_TRACKING_TOKEN's expiry" in said, said[-3000:]
     assert "INTERNAL_ERROR" not in said and "unable to load cloud metadata" not in said
-    # refused once each (the job's writer, doctor), not retried as an outage
+    # refused once each (two jobs' writers, doctor), not retried as an outage
     refusals = [r for r in workspace["requests"] if r["status"] == 401]
-    assert 2 <= len(refusals) <= 4, refusals
+    assert 3 <= len(refusals) <= 6, refusals
 
 
 def test_the_cloud_and_the_studio_link_come_from_the_uri():

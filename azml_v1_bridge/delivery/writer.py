@@ -33,6 +33,7 @@ from .errors import (ITEM_ERRORS, RUN_ERRORS, Refused, Unreachable, describe_err
                      is_item_error, is_permanent, plain_error)
 from .journal import Journal
 from .queue import CLOSE, FLUSH, QueueFront
+from . import store as store_module
 from .store import Store, creation_tags
 
 logger = logging.getLogger("azml_v1_bridge")
@@ -583,9 +584,12 @@ class Writer(QueueFront):
         deadline = time.monotonic() + max(0.0, timeout)
         self.exit_by(deadline)
         if self._thread is None and not self._queue:
+            store_module.remove_lock_files()
             return True
         done = self._wait_for(CLOSE, deadline - time.monotonic())
-        if not done:
+        if done:
+            store_module.remove_lock_files()
+        else:
             try:
                 self._salvage()
             except Exception as exc:

@@ -89,7 +89,8 @@ def result_of(proc) -> dict:
     return json.loads(line[len("RESULT "):])
 
 
-def test_a_notebook_runs_from_from_config_to_register_model_without_azure(mlflow_server, tmp_path):
+def test_a_notebook_runs_from_from_config_to_register_model_without_azure(mlflow_server, tmp_path,
+                                                                         monkeypatch):
     from mlflow.tracking import MlflowClient
 
     env = {"AZML_V1_BRIDGE_MODE": "mlflow", "MLFLOW_TRACKING_URI": mlflow_server.url,
@@ -116,10 +117,17 @@ def test_a_notebook_runs_from_from_config_to_register_model_without_azure(mlflow
     mv = client.get_model_version("notebook-model", str(version))
     run = client.get_run(mv.run_id)
     assert run.data.tags["azureml.v1.run_id"] == first_id
-    assert mv.source == run.info.artifact_uri + "/outputs/model.pkl"
     assert mv.description == "first model" and mv.tags["area"] == "churn"
     local = client.download_artifacts(mv.run_id, "outputs/model.pkl", str(tmp_path))
     assert open(local, "rb").read() == b"pickled model bytes"  # uploaded before registering
+    import mlflow  # and the version itself downloads with MLflow's models:/ URI, over HTTP
+
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", mlflow_server.url)
+    got_model = mlflow.artifacts.download_artifacts(f"models:/notebook-model/{version}",
+                                                    dst_path=str(tmp_path / "mv"),
+                                                    tracking_uri=mlflow_server.url)
+    assert os.listdir(got_model) == ["model.pkl"]
+    assert open(os.path.join(got_model, "model.pkl"), "rb").read() == b"pickled model bytes"
     assert not os.path.exists(tmp_path / "home" / ".azureml")
 
 
@@ -268,7 +276,7 @@ def test_model_registry_on_sqlite(ws, store, tmp_path):
     assert (first.name, first.version, first.id, first.tags, first.properties, first.description) == (
         "reg", 1, "reg:1", {"k": "1"}, {"p": "a"}, "from a file")
     run = Experiment(ws, "models").start_logging()
-    (tmp_path / "outputs").mkdir()
+    assert (tmp_path / "outputs").is_dir()  # start_logging made it, as v1 does
     (tmp_path / "outputs" / "weights.txt").write_text("w")
     run.upload_file("outputs/weights.txt", "outputs/weights.txt")
     second = run.register_model("reg", "outputs/weights.txt", tags={"k": "2"})

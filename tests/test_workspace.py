@@ -242,6 +242,29 @@ def test_get_runs_newest_first_with_v1s_filters(ws, store):
     assert [c.get_metrics() for c in listed.get_children()] == [{"c": 2.0}]
 
 
+def test_wait_for_completion_waits_for_another_processes_run(ws, store):
+    import threading
+
+    from azureml.core import Experiment, Run
+
+    experiment = Experiment(ws, "waiting")
+    other = store.create_run(experiment.id, tags={"azureml.v1.run_id": "other-process-run"})
+    store.log_metric(other.info.run_id, "loss", 0.5)
+    seen = threading.Event()
+
+    def end_it():  # the other process ends its run once the wait has read it running
+        seen.wait(120)
+        store.set_terminated(other.info.run_id, "FINISHED")
+
+    refetched = Run(experiment, "other-process-run")
+    assert refetched.get_status() == "Running"
+    seen.set()
+    threading.Thread(target=end_it, daemon=True).start()
+    details = refetched.wait_for_completion()
+    assert details["status"] == "Completed" and details["runId"] == "other-process-run"
+    assert store.get_run(other.info.run_id).info.status == "FINISHED"
+
+
 def test_refetch_by_id_and_by_workspace(ws, store):
     from azureml.core import Experiment, Run
     from azureml.exceptions import UserErrorException

@@ -67,6 +67,9 @@ for alpha in ALPHAS:
         fh.write(f"model {alpha}".encode())
     if not ids:
         out["html_run"] = run._repr_html_()
+        with open("train.log", "w") as fh:
+            fh.write("epoch 1 ok\n")
+        run.upload_file("logs/train.log", "train.log")  # a log in one of v1's log folders
     run.complete()
     ids.append(run.id)
 out["ids"] = ids
@@ -75,7 +78,8 @@ out["listed"] = [r.id for r in experiment.get_runs()]
 # manage-runs: refetch, wait, logs, status; an active run; a failed one
 again = Run(experiment, ids[0])
 out["wait"] = again.wait_for_completion(show_output=False, wait_post_processing=True)
-out["with_logs"] = sorted(again.get_details_with_logs())
+with_logs = again.get_details_with_logs()
+out["with_logs"] = [sorted(with_logs), with_logs["logFiles"]]
 out["refetched_metrics"] = again.get_metrics()
 active = experiment.start_logging()
 active.log("alpha_value", -1.0)
@@ -205,7 +209,9 @@ def check(got, err, env, client, alphas):
 
     # refetch and wait, in v1's shapes
     assert got["wait"]["status"] == "Completed" and got["wait"]["runId"] == got["ids"][0]
-    assert "logFiles" in got["with_logs"] and "status" in got["with_logs"]
+    keys, log_files = got["with_logs"]
+    assert {"logFiles", "status", "runId", "startTimeUtc", "endTimeUtc"} <= set(keys)
+    assert log_files == {"logs/train.log": "epoch 1 ok\n"}
     assert got["refetched_metrics"] == {"alpha_value": alphas[0], "mse": alphas[0] ** 2}
     assert got["active_wait"] == "Running"  # this process's own active run: at once
     assert got["failed_raises"] is True and got["failed_quiet"] == "Failed"

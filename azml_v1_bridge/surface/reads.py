@@ -52,6 +52,7 @@ DOWNLOAD_WORKERS = 4
 _objects: "weakref.WeakValueDictionary[str, object]" = weakref.WeakValueDictionary()
 _clients: dict = {}
 _unmapped: dict = {}  # v1 id -> when MLflow last had no run for it
+_refetched: set = set()  # local ids of records bound to an existing MLflow run (_bind)
 UNMAPPED_SECONDS = 30.0
 
 
@@ -202,6 +203,7 @@ def _bind(run, mlflow_run, parent):
         record.mlflow_run_id = mlflow_run.info.run_id
         record.experiment_id = mlflow_run.info.experiment_id
         record.adopted = True
+        _refetched.add(record.local_id)
         bridge.LOG_BINDING.invalidate()  # run.log bound on its objects took it as not adopted
         if parent is not None:
             record.tracking_uri = parent.tracking_uri
@@ -742,16 +744,14 @@ POLL_MIN, POLL_MAX = 2.0, 60.0  # seconds between status reads of another proces
 
 
 def _own(t: Target) -> bool:
-    """A run this process logs into (it would wait on itself): its own, or the job's run."""
-    record = t.record
-    if record is None or record.owner_pid != os.getpid() or record.ended:
-        return False
-    if not record.adopted:
-        return True
-    from .. import config
-
-    return record.mlflow_run_id in (config.mlflow_setting(config.MLFLOW_RUN_ID),
-                                    config.mlflow_setting(config.LAUNCHER_RUN_ID))
+    """A run this process logs into, so that waiting for its end would wait on itself: one it
+    made or adopted to log into (the job's run, MLFLOW_RUN_ID's, the user's active run), as
+    opposed to a run only refetched here (Run(experiment, id) of another process's run)."""
+    if t.run_id in (bridge.STATE.cfg.launcher_run_id, config.mlflow_setting(config.MLFLOW_RUN_ID)):
+        return True  # the job's run: its owner ends it after this process
+    pid = os.getpid()
+    return any(r.mlflow_run_id == t.run_id and r.owner_pid == pid and r.local_id not in _refetched
+               for r in list(bridge.STATE.registry.records))
 
 
 def wait_for_completion(run, show_output=False, wait_post_processing=False, raise_on_error=True):

@@ -161,6 +161,17 @@ def test_every_way_to_get_a_workspace_gives_one_without_azure(mlflow_mode, tmp_p
     assert direct.get_mlflow_tracking_uri().startswith("sqlite:///")
 
 
+USERS_CALLS = {
+    "datastores": "Workspace.datastores", "compute_targets": "Workspace.compute_targets",
+    "environments": "Workspace.environments", "datasets": "Workspace.datasets",
+    "get_default_datastore": "Workspace.get_default_datastore()",
+    "get_details": "Workspace.get_details()", "service_context": "Workspace.service_context",
+    "Environment.get": "Environment.get()", "Datastore.get": "Datastore.get()",
+    "ComputeTarget": "ComputeTarget(...)", "submit": "Experiment.submit()",
+    "auth": "signing in to Azure",
+}
+
+
 @pytest.mark.parametrize("use", [
     lambda ws: ws.datastores, lambda ws: ws.compute_targets, lambda ws: ws.environments,
     lambda ws: ws.datasets, lambda ws: ws.get_default_datastore(), lambda ws: ws.get_details(),
@@ -173,12 +184,17 @@ def test_every_way_to_get_a_workspace_gives_one_without_azure(mlflow_mode, tmp_p
 ], ids=["datastores", "compute_targets", "environments", "datasets", "get_default_datastore",
         "get_details", "service_context", "Environment.get", "Datastore.get", "ComputeTarget",
         "submit", "auth"])
-def test_azure_services_raise_one_clear_error_at_once(ws, use):
+def test_azure_services_raise_one_clear_error_at_once(ws, use, request):
     from azureml.exceptions import UserErrorException
 
+    import azml_v1_bridge
+
     started = time.monotonic()
-    with pytest.raises(UserErrorException) as caught:
+    with pytest.raises(azml_v1_bridge.NoAzureError) as caught:
         use(ws)
+    assert isinstance(caught.value, UserErrorException)
+    # named by the call the user made, not the azureml-core internal that needed the service
+    assert caught.value.call == USERS_CALLS[request.node.callspec.id]
     assert time.monotonic() - started < 10  # no sign-in prompt, no network wait
     message = str(caught.value)
     assert "needs the Azure ML service" in message and "AZML_V1_BRIDGE_MODE=mlflow" in message

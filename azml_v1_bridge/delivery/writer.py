@@ -386,7 +386,7 @@ class Writer(QueueFront):
             if error_code(exc.__cause__) not in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND"):
                 raise
             wanted = record.mlflow_run_id
-            self._problem("missing_run", f"MLflow run {wanted} (MLFLOW_RUN_ID or the active run) "
+            self._problem("missing_run", f"MLflow run {wanted} (MLFLOW_RUN_ID, the launcher's or the active run) "
                           f"does not exist in {config.redact(self._uri(record))}; logging to a new run")
             record.tags["azml_v1_bridge.requested_run_id"] = wanted
             record.mlflow_run_id, record.adopted = None, False

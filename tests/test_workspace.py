@@ -378,3 +378,11 @@ def test_a_job_scripts_run_experiment_workspace_serves_models(mlflow_mode, store
     model = run.register_model("job-model", "model.txt")  # a local file: uploaded, then registered
     assert (model.version, model.run_id) == (2, run.id)
     assert "model.txt" in run.get_file_names()
+
+
+def test_a_workspace_shows_where_its_data_is_without_the_password(ws, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://alice:S3cret-pw@127.0.0.1:9")
+    html = ws._repr_html_()  # what a notebook displays: no request is made for it
+    assert "S3cret-pw" not in html and "alice" not in html
+    assert "<td>http://127.0.0.1:9</td>" in html and 'href="http://127.0.0.1:9"' in html
+    assert "<td>00000000-0000-0000-0000-000000000000</td><td>local</td><td>local</td>" in html

@@ -17,7 +17,7 @@ from .config import MODES, ConfigError
 __version__ = "0.2.0"
 
 __all__ = ["enable", "disable", "is_enabled", "flush", "finish", "mlflow_run_id", "ConfigError",
-           "BridgeError", "MODES", "__version__"]
+           "BridgeError", "NoAzureError", "MODES", "__version__"]
 
 
 def _imported_by_tools() -> bool:
@@ -33,20 +33,26 @@ def _started_as_cli() -> bool:
                for i in range(len(orig) - 1))
 
 
+# Loaded on first use: `azml-v1-bridge --help` must not pay for wrapt and the writer, nor any
+# import of azml_v1_bridge for azureml's exceptions (NoAzureError subclasses v1's).
+_LAZY = {"NoAzureError": "no_azure"}
 if _imported_by_tools():
-    # Loaded on first use: `azml-v1-bridge --help` must not pay for wrapt and the writer.
-    _LAZY = {"BridgeError": "bridge", "finish": "lifecycle", "flush": "bridge", "mlflow_run_id": "bridge",
-             "disable": "patch", "enable": "patch", "is_enabled": "patch"}
+    _LAZY.update({"BridgeError": "bridge", "finish": "lifecycle", "flush": "bridge",
+                  "mlflow_run_id": "bridge", "disable": "patch", "enable": "patch",
+                  "is_enabled": "patch"})
 
-    def __getattr__(name):
-        if name in _LAZY:
-            import importlib
 
-            if name == "enable":  # patching needs mlflow mode's v1 surface handed to patch
-                importlib.import_module(".surface", __name__)
-            return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-else:
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        if name == "enable":  # patching needs mlflow mode's v1 surface handed to patch
+            importlib.import_module(".surface", __name__)
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+if not _imported_by_tools():
     from .bridge import BridgeError, flush, mlflow_run_id
     from .lifecycle import finish
     from .patch import disable, enable, is_enabled

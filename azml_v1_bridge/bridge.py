@@ -473,8 +473,10 @@ def _new_runs(parent, ops, writer) -> list:
             continue
         if op.run is None:
             continue
+        # a top-level NewRun is start_logging's: the script's own run, never the job's
         child, fresh = STATE.registry.record_for(op.run, STATE.mode, parent=parent,
-                                                 experiment=op.experiment, name=op.name)
+                                                 experiment=op.experiment, name=op.name,
+                                                 started=parent is None)
         if op.outputs:
             child.outputs = str(op.outputs)
         child_ops = [CreateRun()] + [Tag(str(k), v) for k, v in op.tags.items()]

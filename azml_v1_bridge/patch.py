@@ -39,7 +39,12 @@ PROPERTIES = ("display_name", "description")
 # copy of the run, which v1's writes no longer update): methods, and properties (Surface.getters).
 READ_METHODS = ("get_metrics", "get_tags", "get_properties", "get_file_names", "download_file",
                 "download_files", "get_children", "get_status", "get_details",
-                "tags", "properties", "parent")
+                "tags", "properties", "parent", "status",
+                # waiting and the rest of v1's run surface notebooks call (some need Azure:
+                # their stand-ins raise NoAzureError)
+                "wait_for_completion", "get_details_with_logs", "get_all_logs", "get_portal_url",
+                "get_detailed_status", "_repr_html_", "restore_snapshot", "take_snapshot",
+                "get_snapshot_id", "get_environment", "clean", "get_secret", "get_secrets")
 # What _OfflineRun lacks that scripts written for jobs use: given to it in mlflow mode only
 # (outside mlflow mode they raise AttributeError, as v1's _OfflineRun does).
 OFFLINE_ADDITIONS = ("create_children",) + READ_METHODS + ("experiment",)
@@ -180,12 +185,16 @@ def _patch_run_module(module) -> None:
         _patch_class(offline_cls, RUN_METHODS)
         for name in READ_METHODS:
             original = run_cls.__dict__.get(name)
+            if name not in SURFACE.standins and name not in SURFACE.getters:
+                continue  # no surface served (patch alone): v1's own
             if isinstance(original, property):
                 _add(run_cls, name, _read_property(name, original))
             elif original is not None:
                 _wrap(run_cls, name, _read_wrapper(name))
         for name in OFFLINE_ADDITIONS:
-            if name not in offline_cls.__dict__:
+            if name not in offline_cls.__dict__ and (name in SURFACE.standins
+                                                     or name in SURFACE.getters
+                                                     or name in RUN_METHODS):
                 _add(offline_cls, name, _offline_addition(name))
         for name in PROPERTIES:
             original = run_cls.__dict__.get(name)

@@ -6,8 +6,8 @@ were append-only). MLflow keys a point by (key, step): two ranks each counting
 their own steps 0, 1, 2... for "loss" would land on the same steps, and a point
 equal in key, step, timestamp and value is stored once.
 
-The scheme: in a run shared by many processes (the bridge *adopted* it:
-MLFLOW_RUN_ID, set by `azml-v1-bridge run` or by the user), rank 0 writes keys
+The scheme: in a run shared by many processes (the bridge *adopted* it: the
+launcher's run, AZML_V1_BRIDGE_LAUNCHER_RUN_ID, or MLFLOW_RUN_ID set by the user), rank 0 writes keys
 unchanged and rank N > 0 writes `<key>/rank_N` — its own series with its own
 step sequence. Why this, and not a step offset:
 

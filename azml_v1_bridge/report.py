@@ -26,6 +26,7 @@ PART_DIR = "azml_v1_bridge/reports"
 SCHEMA = 1
 MAX_NOTES = 500        # distinct (what, name) entries kept in the JSON
 MAX_SHOWN = 3          # detail lines per kind in the printed table
+DETAILED_RUNS = 3      # more runs than this: one line each, the details once for all
 
 _published: set = set()  # local ids already reported by this process
 
@@ -203,43 +204,110 @@ def _dump(report: dict) -> bytes:
 # ---------------------------------------------------------------- the table
 
 def render(reports: list) -> str:
-    """A short table for stderr: one line per run, detail lines only for what needs a look."""
+    """A short table for stderr: one line per run, detail lines only for what needs a look.
+    Up to DETAILED_RUNS runs, each run's details follow its line; with more (a notebook of
+    many runs) the details are said once for all runs, so the table stays one line a run."""
+    if len(reports) > DETAILED_RUNS:
+        return _render_many(reports)
     header = ("run", "calls", "points", "artifacts", "renamed", "changed", "failed")
-    rows = []
-    for r in reports:
-        run = r["mlflow_run_id"] or "(not created)"
-        rows.append((run, str(r["total_calls"]), str(r["metric_points"]), str(r["artifacts"]),
-                     str(len(r["renamed"])), str(sum(n["count"] for n in r["notes"])),
-                     str(r["delivery_failures"])))
-    widths = [max(len(row[i]) for row in rows + [header]) for i in range(len(header))]
-    line = lambda row: "  " + "  ".join(c.ljust(w) if i == 0 else c.rjust(w)  # noqa: E731
-                                        for i, (c, w) in enumerate(zip(row, widths))).rstrip()
-    out = [f"azml_v1_bridge report ({_mode() or '?'} mode; details in each run's {ARTIFACT}):",
-           line(header)]
-    for r, row in zip(reports, rows):
-        out.append(line(row))
+    rows = [_row(r) for r in reports]
+    lines = _lines([header] + rows)
+    out = [_title(), lines[0]]
+    for r, line in zip(reports, lines[1:]):
+        out.append(line)
         out.extend(_where(r))
         if r["calls"]:
-            out.append("    calls: " + ", ".join(f"{k} {v}" for k, v in r["calls"].items()))
-        renamed = list(r["renamed"].items())
-        if renamed:
-            shown = ", ".join(f"{_short(a)!r} -> {_short(b)!r}" for a, b in renamed[:MAX_SHOWN])
-            more = f" (+{len(renamed) - MAX_SHOWN} more)" if len(renamed) > MAX_SHOWN else ""
-            out.append(f"    renamed: {shown}{more}")
-        by_kind: dict = {}
+            out.append("    calls: " + _calls(r["calls"]))
+        out.extend(_details([r]))
+    return config.redact("\n".join(out)) + "\n"
+
+
+def _title() -> str:
+    return f"azml_v1_bridge report ({_mode() or '?'} mode; details in each run's {ARTIFACT}):"
+
+
+def _row(r: dict) -> tuple:
+    return (r["mlflow_run_id"] or "(not created)", str(r["total_calls"]), str(r["metric_points"]),
+            str(r["artifacts"]), str(len(r["renamed"])), str(sum(n["count"] for n in r["notes"])),
+            str(r["delivery_failures"]))
+
+
+def _lines(rows: list, left: int = 1) -> list:
+    """Rows as aligned lines: the first `left` columns left-aligned, the numbers right-aligned."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return ["  " + "  ".join(c.ljust(w) if i < left else c.rjust(w)
+                             for i, (c, w) in enumerate(zip(row, widths))).rstrip()
+            for row in rows]
+
+
+def _calls(calls: dict) -> str:
+    return ", ".join(f"{k} {v}" for k, v in calls.items())
+
+
+def _details(reports: list) -> list:
+    """Renamed names, changed items by kind, journals and failures of `reports`, together."""
+    out = []
+    renamed = [pair for r in reports for pair in r["renamed"].items()]
+    if renamed:
+        shown = ", ".join(f"{_short(a)!r} -> {_short(b)!r}" for a, b in renamed[:MAX_SHOWN])
+        more = f" (+{len(renamed) - MAX_SHOWN} more)" if len(renamed) > MAX_SHOWN else ""
+        out.append(f"    renamed: {shown}{more}")
+    by_kind: dict = {}
+    for r in reports:
         for note in r["notes"]:
             by_kind.setdefault(note["what"], []).append(note)
-        for what, notes in by_kind.items():
-            names = ", ".join(repr(_short(str(n["name"]))) for n in notes[:MAX_SHOWN])
-            more = f" (+{len(notes) - MAX_SHOWN} more)" if len(notes) > MAX_SHOWN else ""
-            count = sum(n["count"] for n in notes)
-            out.append(f"    {what} x{count}: {names}{more}: {_short(notes[0]['detail'], 80)}")
+    for what, notes in by_kind.items():
+        names = ", ".join(repr(_short(str(n["name"]))) for n in notes[:MAX_SHOWN])
+        more = f" (+{len(notes) - MAX_SHOWN} more)" if len(notes) > MAX_SHOWN else ""
+        count = sum(n["count"] for n in notes)
+        out.append(f"    {what} x{count}: {names}{more}: {_short(notes[0]['detail'], 80)}")
+    journals: dict = {}
+    failures = 0
+    for r in reports:
         if r["journaled"]:
-            out.append(f"    journaled {r['journaled']} item(s) to {r['journal']}; deliver them "
-                       f"with `azml-v1-bridge replay {r['journal']}`")
+            journals[r["journal"]] = journals.get(r["journal"], 0) + r["journaled"]
         elif r["delivery_failures"]:
-            out.append(f"    {r['delivery_failures']} item(s) were not delivered (see the warnings above)")
+            failures += r["delivery_failures"]
+    for journal, n in journals.items():
+        out.append(f"    journaled {n} item(s) to {journal}; deliver them "
+                   f"with `azml-v1-bridge replay {journal}`")
+    if failures:
+        out.append(f"    {failures} item(s) were not delivered (see the warnings above)")
+    return out
+
+
+def _render_many(reports: list) -> str:
+    header = ("run", "experiment", "calls", "points", "artifacts", "renamed", "changed", "failed")
+    rows = []
+    places: dict = {}  # (uri, experiment): its where lines, said once for all its runs
+    calls: dict = {}
+    for r in reports:
+        row = _row(r)
+        experiment = r.get("experiment_name") or (f"id {r['experiment_id']}" if r.get("experiment_id")
+                                                  else "-")
+        rows.append((row[0], _short(experiment, 24)) + row[1:])
+        places.setdefault((r.get("tracking_uri"), experiment), _where_experiment(r))
+        for method, n in r["calls"].items():
+            calls[method] = calls.get(method, 0) + n
+    out = [_title(), *_lines([header] + rows, left=2)]
+    for where in places.values():
+        out.extend(where)
+    if calls:
+        ordered = dict(sorted(calls.items(), key=lambda kv: (-kv[1], kv[0])))
+        out.append(f"    calls in these {len(reports)} runs: " + _calls(ordered))
+    out.extend(_details(reports))
     return config.redact("\n".join(out)) + "\n"
+
+
+def _where_experiment(r: dict) -> list:
+    """Where the runs of one experiment went: the store, the experiment, how to look at them."""
+    uri = r.get("tracking_uri")
+    if not uri:
+        return []
+    lines = _where(dict(r, run_url=None))
+    if r.get("experiment_id") and urlsplit(uri).scheme.lower() in ("http", "https"):
+        lines.append(f"    view: {uri.rstrip('/')}/#/experiments/{r['experiment_id']}")
+    return lines
 
 
 def _short(text: str, limit: int = 40) -> str:

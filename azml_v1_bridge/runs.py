@@ -105,8 +105,10 @@ class Registry:
         self.warned_same_run = False
 
     def record_for(self, run, mode: str, parent: RunRecord | None = None,
-                   experiment: str | None = None, name: str | None = None) -> tuple[RunRecord, bool]:
-        """The record of a v1 run object, and whether it was just made."""
+                   experiment: str | None = None, name: str | None = None,
+                   started: bool = False) -> tuple[RunRecord, bool]:
+        """The record of a v1 run object, and whether it was just made. `started`: a run the
+        script started itself (start_logging), never the job's run."""
         rec = run.__dict__.get(ATTR) if hasattr(run, "__dict__") else None
         if rec is not None:
             return rec, False
@@ -121,7 +123,7 @@ class Registry:
             rec = self._by_v1_id.get(v1_id) if shared else None
             fresh = rec is None
             if fresh:
-                rec = self._new_record(run, v1_id, mode, parent, experiment, name)
+                rec = self._new_record(run, v1_id, mode, parent, experiment, name, started)
                 if shared:
                     self._by_v1_id[v1_id] = rec
                 self.records.append(rec)
@@ -131,7 +133,7 @@ class Registry:
                 pass
         return rec, fresh
 
-    def _new_record(self, run, v1_id, mode, parent, experiment, name) -> RunRecord:
+    def _new_record(self, run, v1_id, mode, parent, experiment, name, started=False) -> RunRecord:
         rec = RunRecord(v1_id, parent)
         rec.run_name = name
         rec.tags = {"azureml.v1.run_id": v1_id, LOCAL_ID_TAG: rec.local_id, **_source_tags()}
@@ -151,6 +153,10 @@ class Registry:
             rec.tags["mlflow.parentRunId"] = ""  # filled in by the writer once the parent exists
             return rec
         adopted = config.mlflow_setting(config.MLFLOW_RUN_ID)
+        if adopted is None and not started and _is_job_run(run):
+            # `azml-v1-bridge run`: the job's own run (Run.get_context()) is the launcher's run,
+            # shared by every process of the command; the script's own runs stay its own
+            adopted = config.mlflow_setting(config.LAUNCHER_RUN_ID)
         if adopted is None and fluent is not None:
             try:
                 active = fluent.active_run()
@@ -194,6 +200,11 @@ def _as_job_run(rec: RunRecord, run) -> None:
     if job is not None and rec.mlflow_run_id == job and type(run).__name__ == "_OfflineRun":
         rec.v1_id = job
         rec.tags["azureml.v1.run_id"] = job
+
+
+def _is_job_run(run) -> bool:
+    """What Run.get_context() returns: v1's offline run, or a job's submitted run."""
+    return type(run).__name__ in ("_OfflineRun", "_SubmittedRun")
 
 
 def _source_tags() -> dict:

@@ -612,11 +612,13 @@ def translate_create_children(call: Call, count=None, tag_key=None, tag_values=N
             for child, v in zip(children, values)]
 
 
-def translate_start_logging(call: Call, *args, **kwargs) -> list:
-    """Experiment.start_logging() -> top-level run in the v1 experiment's name."""
+def translate_start_logging(call: Call, name=None, run_id=None, outputs=None, *args, **kwargs) -> list:
+    """Experiment.start_logging() -> top-level run in the v1 experiment's name (v1's
+    Run._start_logging(experiment, name, run_id, outputs, snapshot_directory, ...))."""
     experiment = call.instance
-    return [NewRun(call.result, name=kwargs.get("display_name") or kwargs.get("name"),
-                   experiment=getattr(experiment, "name", None), outputs=kwargs.get("outputs"))]
+    return [NewRun(call.result, name=kwargs.get("display_name") or name,
+                   experiment=getattr(experiment, "name", None),
+                   outputs=outputs if isinstance(outputs, str) else None)]
 
 
 def translate_display_name(call: Call, value) -> list:

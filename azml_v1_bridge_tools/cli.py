@@ -148,7 +148,7 @@ def _run_parser() -> argparse.ArgumentParser:
     parser.add_argument("--one-run", action="store_true",
                         help="the default, kept for old command lines: one MLflow run for the whole "
                              f"command, created up front and handed to every process "
-                             f"({config.MLFLOW_RUN_ID}, {config.LAUNCHER_RUN_ID}); the launcher ends "
+                             f"({config.LAUNCHER_RUN_ID}) as the run of Run.get_context(); the launcher ends "
                              "it after COMMAND exits: FINISHED, or FAILED when the exit code is not 0 "
                              "or a process failed")
     parser.add_argument("--run-per-process", action="store_true",
@@ -182,6 +182,8 @@ def run_command(argv: list[str]) -> int:
         return 2
     # One job, one run (as v1 jobs were), unless asked otherwise or nothing is bridged.
     one_run = not args.run_per_process and config.load(env).mode != "off"
+    if one_run and env.get(config.LAUNCHER_RUN_ID):
+        one_run = False  # under another `azml-v1-bridge run`: its run is the job's run
     if one_run and env.get(config.MLFLOW_RUN_ID) and not args.one_run:
         one_run = False  # a run is given (Azure ML v2 jobs set it): every process logs to it, quietly
     shared = start_shared_run(env, command, args.run_name) if one_run else None
@@ -328,7 +330,8 @@ def start_shared_run(env: dict, command: list[str], run_name: str | None) -> Sha
     run_id = run.info.run_id
     # The children must resolve the very same store, whatever their working directory.
     env[config.MLFLOW_TRACKING_URI] = uri
-    env[config.MLFLOW_RUN_ID] = run_id
+    # The job's run goes down in the bridge's own variable, not MLFLOW_RUN_ID: that one would
+    # take over the script's own mlflow.start_run() (and refuse it after set_experiment()).
     env[config.LAUNCHER_RUN_ID] = run_id
     return SharedRun(client, run_id, uri, run.info.experiment_id)
 

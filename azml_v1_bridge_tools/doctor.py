@@ -331,6 +331,11 @@ class Doctor:
             self.info("experiment", "the v1 experiment's name (Experiment(ws, NAME), or the job's); "
                                     "a Run.get_context() outside a job has none: MLflow's default "
                                     f"experiment (id 0). {first}")
+        if launcher:
+            self.info("run", f"{launcher} ({config.LAUNCHER_RUN_ID}, created by `azml-v1-bridge run`, "
+                             "which ends it) for Run.get_context(); start_logging() and the "
+                             "script's own mlflow.start_run() make their own runs")
+            return
         self.info("run", "a new MLflow run per v1 run (child runs nested under their parent), "
                          "ended when the v1 run ends, or at exit")
 

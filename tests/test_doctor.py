@@ -242,3 +242,17 @@ def test_timeout_and_slow_are_checked(capsys):
     assert exit_info.value.code == 2
     assert "--timeout: '0' must be more than 0 seconds" in capsys.readouterr().err
     assert doctor_module.DEFAULT_TIMEOUT == 60
+
+
+def test_under_the_launcher_doctor_names_the_jobs_run(monkeypatch):
+    from azml_v1_bridge_tools.doctor import Doctor
+
+    for name in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AZML_V1_BRIDGE_LAUNCHER_RUN_ID", "f" * 32)
+    check = Doctor(5, 5)
+    check.check_destination()
+    runs = [text for label, text in check.lines if label == "run"]
+    assert runs == [f"{'f' * 32} (AZML_V1_BRIDGE_LAUNCHER_RUN_ID, created by `azml-v1-bridge run`, "
+                    "which ends it) for Run.get_context(); start_logging() and the script's own "
+                    "mlflow.start_run() make their own runs"]

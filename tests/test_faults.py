@@ -546,6 +546,7 @@ def test_processes_creating_one_sqlite_store_at_once(writer, tmp_path):
     assert codes == [0, 0, 0], [s.stderr[-2000:] for s in scripts]
     assert len(runs) == 3
     assert landed == {(f"p{k}", s) for k in range(3) for s in range(200)}
+    assert os.listdir(folder) == ["mlflow.db"]  # clean exits: no lock file left beside the store
 
 
 # ---------------------------------------------------------------- nowhere to write

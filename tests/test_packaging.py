@@ -23,6 +23,9 @@ _register = atexit.register
 atexit.register = lambda func, *a, **k: (registered.append(getattr(func, "__module__", "?")),
                                          _register(func, *a, **k))[1]
 importlib.import_module({tool!r})
+from azml_v1_bridge import NoAzureError  # mlflow mode's one error: importable, activates nothing
+from azureml.exceptions import UserErrorException
+assert issubclass(NoAzureError, UserErrorException) and repr(NoAzureError) == "<class 'azml_v1_bridge.NoAzureError'>"
 import wrapt
 from azureml.core.run import Run, _OfflineRun
 proxy = getattr(wrapt, "BaseObjectProxy", wrapt.ObjectProxy)

@@ -52,7 +52,7 @@ if rank == 1 and os.environ.get("EARLY_COMPLETE"):
     deadline = time.time() + 120
     while not os.path.exists("rank0.completed") and time.time() < deadline:
         time.sleep(0.05)
-    status = MlflowClient().get_run(os.environ["MLFLOW_RUN_ID"]).info.status
+    status = MlflowClient().get_run(os.environ["AZML_V1_BRIDGE_LAUNCHER_RUN_ID"]).info.status
     print("STATUS AFTER RANK 0 COMPLETED", status, flush=True)
 if str(rank) == os.environ.get("FAIL_RANK"):
     raise RuntimeError(f"rank {rank} failed")

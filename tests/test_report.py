@@ -139,6 +139,29 @@ def test_render_and_merge_are_short_and_add_up():
     assert [p["pid"] for p in merged["processes"]] == [1, 2]
 
 
+def test_the_table_of_a_21_run_notebook_is_one_line_a_run():
+    from azml_v1_bridge import report
+
+    def part(i, experiment):
+        return {"mlflow_run_id": f"{i:032x}", "v1_run_ids": [f"nb_{i}"], "calls": {"log": 2, "complete": 1},
+                "total_calls": 3, "metric_points": 2, "artifacts": 1, "renamed": {f"bad {i}!": f"bad_{i}_"},
+                "notes": [{"what": "kept_as_text", "name": f"s{i}", "detail": "not a number", "count": 1}],
+                "delivery_failures": 0, "journaled": 0, "journal": None,
+                "tracking_uri": "http://127.0.0.1:5000", "experiment_name": experiment,
+                "experiment_id": "7" if experiment == "nb" else "0",
+                "run_url": f"http://127.0.0.1:5000/#/experiments/7/runs/{i:032x}"}
+
+    parts = [part(i, "nb") for i in range(20)] + [part(20, None)]
+    lines = report.render(parts).splitlines()
+    assert len(lines) <= 21 + 12  # was 144 for such a notebook: five lines a run
+    ids = {p["mlflow_run_id"] for p in parts}
+    assert sum(1 for line in lines if line.split() and line.split()[0] in ids) == 21
+    text = "\n".join(lines)
+    assert "    view: http://127.0.0.1:5000/#/experiments/7" in text  # once, for the experiment
+    assert "calls in these 21 runs: log 42, complete 21" in text
+    assert "kept_as_text x21" in text and "(+18 more)" in text  # said once, for all runs
+
+
 def test_report_of_a_launched_script_counts_its_calls(store, tmp_path):
     code = """
         from azureml.core import Run

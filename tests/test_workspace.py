@@ -89,7 +89,8 @@ def result_of(proc) -> dict:
     return json.loads(line[len("RESULT "):])
 
 
-def test_a_notebook_runs_from_from_config_to_register_model_without_azure(mlflow_server, tmp_path):
+def test_a_notebook_runs_from_from_config_to_register_model_without_azure(mlflow_server, tmp_path,
+                                                                         monkeypatch):
     from mlflow.tracking import MlflowClient
 
     env = {"AZML_V1_BRIDGE_MODE": "mlflow", "MLFLOW_TRACKING_URI": mlflow_server.url,
@@ -116,10 +117,17 @@ def test_a_notebook_runs_from_from_config_to_register_model_without_azure(mlflow
     mv = client.get_model_version("notebook-model", str(version))
     run = client.get_run(mv.run_id)
     assert run.data.tags["azureml.v1.run_id"] == first_id
-    assert mv.source == run.info.artifact_uri + "/outputs/model.pkl"
     assert mv.description == "first model" and mv.tags["area"] == "churn"
     local = client.download_artifacts(mv.run_id, "outputs/model.pkl", str(tmp_path))
     assert open(local, "rb").read() == b"pickled model bytes"  # uploaded before registering
+    import mlflow  # and the version itself downloads with MLflow's models:/ URI, over HTTP
+
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", mlflow_server.url)
+    got_model = mlflow.artifacts.download_artifacts(f"models:/notebook-model/{version}",
+                                                    dst_path=str(tmp_path / "mv"),
+                                                    tracking_uri=mlflow_server.url)
+    assert os.listdir(got_model) == ["model.pkl"]
+    assert open(os.path.join(got_model, "model.pkl"), "rb").read() == b"pickled model bytes"
     assert not os.path.exists(tmp_path / "home" / ".azureml")
 
 
@@ -153,6 +161,17 @@ def test_every_way_to_get_a_workspace_gives_one_without_azure(mlflow_mode, tmp_p
     assert direct.get_mlflow_tracking_uri().startswith("sqlite:///")
 
 
+USERS_CALLS = {
+    "datastores": "Workspace.datastores", "compute_targets": "Workspace.compute_targets",
+    "environments": "Workspace.environments", "datasets": "Workspace.datasets",
+    "get_default_datastore": "Workspace.get_default_datastore()",
+    "get_details": "Workspace.get_details()", "service_context": "Workspace.service_context",
+    "Environment.get": "Environment.get()", "Datastore.get": "Datastore.get()",
+    "ComputeTarget": "ComputeTarget(...)", "submit": "Experiment.submit()",
+    "auth": "signing in to Azure",
+}
+
+
 @pytest.mark.parametrize("use", [
     lambda ws: ws.datastores, lambda ws: ws.compute_targets, lambda ws: ws.environments,
     lambda ws: ws.datasets, lambda ws: ws.get_default_datastore(), lambda ws: ws.get_details(),
@@ -165,12 +184,17 @@ def test_every_way_to_get_a_workspace_gives_one_without_azure(mlflow_mode, tmp_p
 ], ids=["datastores", "compute_targets", "environments", "datasets", "get_default_datastore",
         "get_details", "service_context", "Environment.get", "Datastore.get", "ComputeTarget",
         "submit", "auth"])
-def test_azure_services_raise_one_clear_error_at_once(ws, use):
+def test_azure_services_raise_one_clear_error_at_once(ws, use, request):
     from azureml.exceptions import UserErrorException
 
+    import azml_v1_bridge
+
     started = time.monotonic()
-    with pytest.raises(UserErrorException) as caught:
+    with pytest.raises(azml_v1_bridge.NoAzureError) as caught:
         use(ws)
+    assert isinstance(caught.value, UserErrorException)
+    # named by the call the user made, not the azureml-core internal that needed the service
+    assert caught.value.call == USERS_CALLS[request.node.callspec.id]
     assert time.monotonic() - started < 10  # no sign-in prompt, no network wait
     message = str(caught.value)
     assert "needs the Azure ML service" in message and "AZML_V1_BRIDGE_MODE=mlflow" in message
@@ -234,6 +258,29 @@ def test_get_runs_newest_first_with_v1s_filters(ws, store):
     assert [c.get_metrics() for c in listed.get_children()] == [{"c": 2.0}]
 
 
+def test_wait_for_completion_waits_for_another_processes_run(ws, store):
+    import threading
+
+    from azureml.core import Experiment, Run
+
+    experiment = Experiment(ws, "waiting")
+    other = store.create_run(experiment.id, tags={"azureml.v1.run_id": "other-process-run"})
+    store.log_metric(other.info.run_id, "loss", 0.5)
+    seen = threading.Event()
+
+    def end_it():  # the other process ends its run once the wait has read it running
+        seen.wait(120)
+        store.set_terminated(other.info.run_id, "FINISHED")
+
+    refetched = Run(experiment, "other-process-run")
+    assert refetched.get_status() == "Running"
+    seen.set()
+    threading.Thread(target=end_it, daemon=True).start()
+    details = refetched.wait_for_completion()
+    assert details["status"] == "Completed" and details["runId"] == "other-process-run"
+    assert store.get_run(other.info.run_id).info.status == "FINISHED"
+
+
 def test_refetch_by_id_and_by_workspace(ws, store):
     from azureml.core import Experiment, Run
     from azureml.exceptions import UserErrorException
@@ -268,7 +315,7 @@ def test_model_registry_on_sqlite(ws, store, tmp_path):
     assert (first.name, first.version, first.id, first.tags, first.properties, first.description) == (
         "reg", 1, "reg:1", {"k": "1"}, {"p": "a"}, "from a file")
     run = Experiment(ws, "models").start_logging()
-    (tmp_path / "outputs").mkdir()
+    assert (tmp_path / "outputs").is_dir()  # start_logging made it, as v1 does
     (tmp_path / "outputs" / "weights.txt").write_text("w")
     run.upload_file("outputs/weights.txt", "outputs/weights.txt")
     second = run.register_model("reg", "outputs/weights.txt", tags={"k": "2"})
@@ -331,3 +378,11 @@ def test_a_job_scripts_run_experiment_workspace_serves_models(mlflow_mode, store
     model = run.register_model("job-model", "model.txt")  # a local file: uploaded, then registered
     assert (model.version, model.run_id) == (2, run.id)
     assert "model.txt" in run.get_file_names()
+
+
+def test_a_workspace_shows_where_its_data_is_without_the_password(ws, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://alice:S3cret-pw@127.0.0.1:9")
+    html = ws._repr_html_()  # what a notebook displays: no request is made for it
+    assert "S3cret-pw" not in html and "alice" not in html
+    assert "<td>http://127.0.0.1:9</td>" in html and 'href="http://127.0.0.1:9"' in html
+    assert "<td>00000000-0000-0000-0000-000000000000</td><td>local</td><td>local</td>" in html

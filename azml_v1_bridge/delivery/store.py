@@ -29,6 +29,20 @@ def sqlite_path(uri: str | None) -> str | None:
     return None
 
 
+_LOCK_FILES: set = set()  # first-use lock files this process opened beside sqlite stores
+
+
+def remove_lock_files() -> None:
+    """At a clean exit, nothing is left beside the store: the lock only guards the first
+    schema creation, which is over once this process used the store."""
+    for path in list(_LOCK_FILES):
+        _LOCK_FILES.discard(path)
+        try:
+            os.unlink(path)
+        except OSError:  # another process removed it first, or the folder is read-only
+            pass
+
+
 class _FirstUseLock:
     """Serialises the first open of an sqlite store across processes (MLflow's schema
     migrations are not safe when two processes create one database at once)."""
@@ -43,6 +57,7 @@ class _FirstUseLock:
 
             self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             fcntl.flock(self.fd, fcntl.LOCK_EX)
+            _LOCK_FILES.add(self.path)
         except (ImportError, OSError):  # a read-only folder: the store's own error will say so
             self.fd = None
         return self

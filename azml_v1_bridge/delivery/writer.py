@@ -33,6 +33,7 @@ from .errors import (ITEM_ERRORS, RUN_ERRORS, Refused, Unreachable, describe_err
                      is_item_error, is_permanent, is_sign_in_refusal, plain_error)
 from .journal import Journal
 from .queue import CLOSE, FLUSH, QueueFront
+from . import store as store_module
 from .store import Store, creation_tags
 
 logger = logging.getLogger("azml_v1_bridge")
@@ -387,7 +388,7 @@ class Writer(QueueFront):
             if error_code(exc.__cause__) not in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND"):
                 raise
             wanted = record.mlflow_run_id
-            self._problem("missing_run", f"MLflow run {wanted} (MLFLOW_RUN_ID or the active run) "
+            self._problem("missing_run", f"MLflow run {wanted} (MLFLOW_RUN_ID, the launcher's or the active run) "
                           f"does not exist in {config.redact(self._uri(record))}; logging to a new run")
             record.tags["azml_v1_bridge.requested_run_id"] = wanted
             record.mlflow_run_id, record.adopted = None, False
@@ -585,9 +586,12 @@ class Writer(QueueFront):
         deadline = time.monotonic() + max(0.0, timeout)
         self.exit_by(deadline)
         if self._thread is None and not self._queue:
+            store_module.remove_lock_files()
             return True
         done = self._wait_for(CLOSE, deadline - time.monotonic())
-        if not done:
+        if done:
+            store_module.remove_lock_files()
+        else:
             try:
                 self._salvage()
             except Exception as exc:

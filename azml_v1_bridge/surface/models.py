@@ -28,6 +28,10 @@ PROPERTY_PREFIX = "azureml.v1.property."
 EXPERIMENT_TAG = "azureml.v1.experiment_name"
 FRAMEWORK_TAG = "azureml.v1.model_framework"
 FRAMEWORK_VERSION_TAG = "azureml.v1.model_framework_version"
+# A model of one file: its source is a folder holding only that file (MLflow's models:/ URIs
+# download a folder, and a file as source downloads nothing); this tag names the file in it.
+FILE_TAG = "azureml.v1.model_file"
+FILE_FOLDER = "azml_v1_bridge/models"  # where MLflow 2 (no logged models) keeps that folder
 HIDDEN = ("azureml.v1.", "mlflow.")
 
 
@@ -95,7 +99,11 @@ def model_object(version, workspace=None):
     model.mime_type = "application/octet-stream"
     model.unpack = False
     model.workspace = workspace
-    model.__dict__["_azml_v1_bridge_source"] = version.source
+    source = version.source
+    if tags.get(FILE_TAG):  # the one file in the version's folder
+        source = source.rstrip("/") + "/" + tags[FILE_TAG]
+    model.url = source
+    model.__dict__["_azml_v1_bridge_source"] = source
     return model
 
 
@@ -123,10 +131,12 @@ def register_from_run(run, model_name, model_path=None, tags=None, properties=No
         path = path[2:]
     path = path.rstrip("/")
     t = reads.target(run)
-    if _artifact_kind(t, path) is None:
+    kind = _artifact_kind(t, path)
+    if kind is None:
         local = os.path.abspath(path)
         if os.path.isfile(local):
             t.client.log_artifact(t.run_id, local, os.path.dirname(path) or None)
+            kind = "file"
         elif os.path.isdir(local):
             t.client.log_artifacts(t.run_id, local, path)
         else:
@@ -138,12 +148,36 @@ def register_from_run(run, model_name, model_path=None, tags=None, properties=No
             tags, properties, model_framework, model_framework_version,
             {V1_RUN_ID_TAG: t.v1_id, EXPERIMENT_TAG: experiment}), description, _workspace_of(run))
     source = t.run.info.artifact_uri.rstrip("/") + "/" + path
+    model_id = None
+    extra = {}
+    if kind == "file":
+        source, model_id = _file_model(t, model_name, path)
+        extra[FILE_TAG] = posix_basename(path)
     version = _create_version(
         model_name, source, t.run_id,
         _version_tags(tags, properties, model_framework, model_framework_version,
-                      {V1_RUN_ID_TAG: t.v1_id, EXPERIMENT_TAG: experiment}),
-        description)
+                      {V1_RUN_ID_TAG: t.v1_id, EXPERIMENT_TAG: experiment, **extra}),
+        description, model_id=model_id)
     return model_object(version, _workspace_of(run))
+
+
+def _file_model(t, model_name: str, path: str):
+    """(source, model id) for a model of one run file: a folder holding a copy of just that
+    file, an MLflow logged model of the run (MLflow 3), else a folder among the run's own
+    artifacts (MLflow 2), so that models:/name/version downloads the file."""
+    import uuid
+
+    with tempfile.TemporaryDirectory(prefix="azml_v1_bridge-model-") as tmp, reads.quiet():
+        local = t.client.download_artifacts(t.run_id, path, tmp)
+        if hasattr(t.client, "create_logged_model"):
+            logged = t.client.create_logged_model(t.run.info.experiment_id, name=model_name,
+                                                  source_run_id=t.run_id)
+            t.client.log_model_artifacts(logged.model_id, os.path.dirname(local))
+            t.client.finalize_logged_model(logged.model_id, "READY")
+            return logged.artifact_location, logged.model_id
+        folder = f"{FILE_FOLDER}/{uuid.uuid4().hex}"
+        t.client.log_artifact(t.run_id, local, folder)
+        return t.run.info.artifact_uri.rstrip("/") + "/" + folder, None
 
 
 def _workspace_of(run):
@@ -194,9 +228,12 @@ def _register(workspace, model_path, model_name, tags=None, properties=None, des
     client.finalize_logged_model(logged.model_id, "READY")
     name_in = os.path.basename(local.rstrip(os.sep))
     source = logged.artifact_location.rstrip("/") + "/" + name_in
+    extra = {}
+    if not os.path.isdir(local):  # one file: the folder holding it (what models:/ downloads)
+        source, extra = logged.artifact_location, {FILE_TAG: name_in}
     version = _create_version(model_name, source, None,
                               _version_tags(tags, properties, model_framework,
-                                            model_framework_version, {}),
+                                            model_framework_version, extra),
                               description, model_id=logged.model_id)
     return model_object(version, workspace)
 
@@ -311,8 +348,9 @@ def _model_download(wrapped, instance, args, kwargs):
     import mlflow
 
     os.makedirs(target_dir, exist_ok=True)
-    return mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=target_dir,
-                                               tracking_uri=reads._client(None).tracking_uri)
+    with reads.quiet():
+        return mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=target_dir,
+                                                   tracking_uri=reads._client(None).tracking_uri)
 
 
 def posix_basename(uri: str) -> str:

@@ -22,16 +22,18 @@ gives None for a tag set without a value, as v1 did (MLflow stores "").
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
 import posixpath
 import re
 import tempfile
+import threading
 import time
 import weakref
 
-from .. import bridge, ranks
+from .. import bridge, config, ranks
 from ..runs import ATTR
 from ..translate import (LONG_VALUES_DIR, MAX_PARAM_VALUE, MAX_TAG_VALUE, RENAMED_TAG_PREFIX,
                         V1_RUN_ID_TAG, artifact_name, kept_doc_path)
@@ -50,7 +52,35 @@ DOWNLOAD_WORKERS = 4
 _objects: "weakref.WeakValueDictionary[str, object]" = weakref.WeakValueDictionary()
 _clients: dict = {}
 _unmapped: dict = {}  # v1 id -> when MLflow last had no run for it
+_refetched: set = set()  # local ids of records bound to an existing MLflow run (_bind)
 UNMAPPED_SECONDS = 30.0
+
+
+_quiet_lock = threading.Lock()
+_quiet_depth = 0
+
+
+@contextlib.contextmanager
+def quiet():
+    """No MLflow progress bars while the bridge reads files for a v1 call (v1's reads print
+    nothing); a value the user gave MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR stands."""
+    global _quiet_depth
+    name = config.MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR
+    with _quiet_lock:
+        users = _quiet_depth == 0 and name in os.environ
+        if not users:
+            _quiet_depth += 1
+            os.environ[name] = "false"
+    if users:
+        yield
+        return
+    try:
+        yield
+    finally:
+        with _quiet_lock:
+            _quiet_depth -= 1
+            if _quiet_depth == 0:
+                os.environ.pop(name, None)
 
 
 class NotMapped(Exception):
@@ -196,6 +226,7 @@ def _bind(run, mlflow_run, parent):
         record.mlflow_run_id = mlflow_run.info.run_id
         record.experiment_id = mlflow_run.info.experiment_id
         record.adopted = True
+        _refetched.add(record.local_id)
         bridge.LOG_BINDING.invalidate()  # run.log bound on its objects took it as not adopted
         if parent is not None:
             record.tracking_uri = parent.tracking_uri
@@ -356,7 +387,7 @@ def _rank_variants(t: Target, path: str) -> list:
 
 
 def _download_bytes(t: Target, path: str) -> bytes | None:
-    with tempfile.TemporaryDirectory(prefix="azml_v1_bridge-read-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="azml_v1_bridge-read-") as tmp, quiet():
         try:
             local = t.client.download_artifacts(t.run_id, path, tmp)
         except Exception:
@@ -534,7 +565,7 @@ def _fetch(t: Target, name: str, output_file_path: str) -> None:
     a rename: a reader never sees half a file)."""
     folder = os.path.dirname(os.path.abspath(output_file_path))
     os.makedirs(folder, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".azml_v1_bridge-download-", dir=folder) as tmp:
+    with tempfile.TemporaryDirectory(prefix=".azml_v1_bridge-download-", dir=folder) as tmp, quiet():
         local = t.client.download_artifacts(t.run_id, name, tmp)
         os.replace(local, output_file_path)
 
@@ -725,3 +756,118 @@ class Experiment:
 
     def __hash__(self):
         return hash((self.name, self.id))
+
+
+# ---------------------------------------------------------------- waiting, logs
+
+# v1's log folders: what get_details_with_logs() reads back as text, when a run has them.
+LOG_FOLDERS = ("azureml-logs", "logs", "user_logs", "system_logs")
+RUNNING = ("RUNNING", "SCHEDULED")
+POLL_MIN, POLL_MAX = 2.0, 60.0  # seconds between status reads of another process's run
+
+
+def _own(t: Target) -> bool:
+    """A run this process logs into, so that waiting for its end would wait on itself: one it
+    made or adopted to log into (the job's run, MLFLOW_RUN_ID's, the user's active run), as
+    opposed to a run only refetched here (Run(experiment, id) of another process's run)."""
+    if t.run_id in (bridge.STATE.cfg.launcher_run_id, config.mlflow_setting(config.MLFLOW_RUN_ID)):
+        return True  # the job's run: its owner ends it after this process
+    pid = os.getpid()
+    return any(r.mlflow_run_id == t.run_id and r.owner_pid == pid and r.local_id not in _refetched
+               for r in list(bridge.STATE.registry.records))
+
+
+def wait_for_completion(run, show_output=False, wait_post_processing=False, raise_on_error=True):
+    """v1: the run's details once it is no longer running. A run that ended answers at once;
+    one this process is logging into answers once its data is in MLflow (it would wait on
+    itself); another process's run is polled (the longer it runs, the rarer, as v1 does).
+    A Failed run raises v1's ActivityFailedException when raise_on_error."""
+    t = target(run)
+    if t.run.info.status in RUNNING and not _own(t):
+        started = time.monotonic()
+        while t.run.info.status in RUNNING:
+            elapsed = time.monotonic() - started
+            time.sleep(min(POLL_MAX, max(POLL_MIN, elapsed / 10)))
+            t._run = None  # read it again
+    details = get_details(run)
+    if show_output:
+        url = portal_url(t)
+        print(f"RunId: {details['runId']}\nWeb View: {url}\n\nExecution Summary\n"
+              f"=================\nRunId: {details['runId']}\nWeb View: {url}\n", flush=True)
+    if details["status"] == "Failed" and raise_on_error:
+        from azureml.exceptions import ActivityFailedException
+
+        error = details.get("error") or ("Detailed error not set on the Run. Please check the logs "
+                                         "for details.")
+        raise ActivityFailedException(error_details=json.dumps(error, indent=4))
+    return details
+
+
+def _log_files(t: Target) -> dict:
+    """{artifact path: text} of the files under v1's log folders, if the run has any."""
+    out = {}
+    for folder in LOG_FOLDERS:
+        try:
+            paths = _all_files(t, folder)
+        except Exception:
+            continue
+        for path in paths:
+            data = _download_bytes(t, path)
+            if data is not None:
+                out[path] = data.decode("utf-8", "replace")
+    return out
+
+
+def get_details_with_logs(run) -> dict:
+    """v1: get_details() with logFiles holding each log's text (MLflow runs have log files
+    only when the script uploaded them into a v1 log folder such as logs/)."""
+    t = target(run)
+    details = get_details(run)
+    details["logFiles"] = _log_files(t)
+    return details
+
+
+def get_all_logs(run, destination=None) -> list:
+    """v1: every log file written below destination (default assets/<run id>); their paths."""
+    from azureml.exceptions import UserErrorException
+
+    t = target(run)
+    if destination:
+        if os.path.exists(destination) and not os.path.isdir(destination):
+            raise UserErrorException(f"{destination} exists and is not a directory.")
+    else:
+        destination = os.path.join("assets", t.v1_id)
+    os.makedirs(destination, exist_ok=True)
+    written = []
+    for name, text in _log_files(t).items():
+        path = os.path.join(destination, *name.split("/"))
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        written.append(path)
+    return written
+
+
+def portal_uri(t: Target) -> str:
+    """The tracking URI of the run's store."""
+    if t.record is not None and t.record.tracking_uri:
+        return t.record.tracking_uri
+    return t.client._tracking_client.tracking_uri
+
+
+def portal_url(t: Target) -> str:
+    """Where to look at the run: its page in the MLflow UI (tracking server), else the
+    `mlflow ui` command that shows the store."""
+    from .. import report
+
+    uri = report.public_uri(portal_uri(t))
+    url = report.run_url(uri, t.run.info.experiment_id, t.run_id)
+    return url or f"mlflow ui --backend-store-uri {uri}"
+
+
+def get_portal_url(run) -> str:
+    return portal_url(target(run))
+
+
+def get_detailed_status(run) -> dict:
+    return {"status": get_status(run), "details": None}

@@ -5,10 +5,13 @@ like every v1 run, so the script keeps logging into MLflow through them.
 """
 from __future__ import annotations
 
+import os
 import time
 import uuid
 
-from . import reads, workspace
+from . import display, reads, workspace
+
+OUTPUTS_DIR = "./outputs"  # v1's azureml.core.run OUTPUTS_DIR
 
 
 def _offline_run(run_id: str):
@@ -52,7 +55,15 @@ def create_children(run, count=None, tag_key=None, tag_values=None):
 
 
 def start_logging(experiment, *args, **kwargs):
-    run_id = kwargs.get("run_id") or f"{getattr(experiment, 'name', 'run')}_{int(time.time())}_{uuid.uuid4().hex[:8]}"
+    def fields(name=None, run_id=None, outputs=None, snapshot_directory=".", **rest):
+        return run_id, outputs
+
+    run_id, outputs = fields(*args, **kwargs)
+    run_id = run_id or f"{getattr(experiment, 'name', 'run')}_{int(time.time())}_{uuid.uuid4().hex[:8]}"
+    # v1 makes the outputs folder it tracks (./outputs unless told): scripts write into it at once
+    folder = OUTPUTS_DIR if outputs is True or not outputs and outputs is not False else outputs
+    if folder:
+        os.makedirs(folder, exist_ok=True)
     run = _offline_run(run_id)
     run.__dict__["_experiment"] = experiment  # as v1's runs keep it (register_model's workspace)
     return run
@@ -126,6 +137,66 @@ def experiment(run):
     return workspace.experiment(run)
 
 
+def wait_for_completion(run, show_output=False, wait_post_processing=False, raise_on_error=True):
+    return reads.wait_for_completion(run, show_output=show_output, raise_on_error=raise_on_error)
+
+
+def get_details_with_logs(run):
+    return reads.get_details_with_logs(run)
+
+
+def get_all_logs(run, destination=None):
+    return reads.get_all_logs(run, destination)
+
+
+def get_portal_url(run):
+    return reads.get_portal_url(run)
+
+
+def get_detailed_status(run):
+    return reads.get_detailed_status(run)
+
+
+def status(run):
+    return reads.get_status(run)
+
+
+def repr_html(run):
+    """What a notebook shows for the run: where it is in MLflow."""
+    t = reads.target(run)
+    experiment_name = t.client.get_experiment(t.run.info.experiment_id).name
+    rows = {"Experiment": experiment_name, "Id": t.v1_id, "Status": reads._status(t),
+            "MLflow run id": t.run_id}
+    rows.update(display.where(reads.portal_uri(t), t.run.info.experiment_id, t.run_id))
+    return display.table(rows)
+
+
+def _needs_azure(call: str, hint: str):
+    def standin(run, *args, **kwargs):
+        if type(run).__name__ != "_OfflineRun":
+            raise reads.NotMapped(run)  # a run with Azure behind it (a job's): v1 answers
+        raise workspace.no_azure(call, hint)
+
+    return standin
+
+
+SNAPSHOT_HINT = ("MLflow keeps no code snapshot of a run: its files are the run's artifacts "
+                 "(run.download_files(), mlflow.artifacts.download_artifacts)")
+# Run methods that need Azure ML itself: NoAzureError, naming the call.
+NEEDS_AZURE = {
+    "restore_snapshot": _needs_azure("run.restore_snapshot()", SNAPSHOT_HINT),
+    "take_snapshot": _needs_azure("run.take_snapshot()", "log the files with run.upload_folder() "
+                                  "instead"),
+    "get_snapshot_id": _needs_azure("run.get_snapshot_id()", SNAPSHOT_HINT),
+    "get_environment": _needs_azure("run.get_environment()", "an MLflow run records no Azure ML "
+                                    "environment"),
+    "clean": _needs_azure("run.clean()", "an interactive run leaves nothing on a compute target"),
+    "get_secret": _needs_azure("run.get_secret()", "read the secret from the environment or "
+                               "your own vault"),
+    "get_secrets": _needs_azure("run.get_secrets()", "read the secrets from the environment or "
+                                "your own vault"),
+}
+
 # v1 method -> stand-in; methods not listed return None in mlflow mode.
 STANDINS = {
     "child_run": child_run,
@@ -142,6 +213,13 @@ STANDINS = {
     "get_children": get_children,
     "get_status": get_status,
     "get_details": get_details,
+    "wait_for_completion": wait_for_completion,
+    "get_details_with_logs": get_details_with_logs,
+    "get_all_logs": get_all_logs,
+    "get_portal_url": get_portal_url,
+    "get_detailed_status": get_detailed_status,
+    "_repr_html_": repr_html,
+    **NEEDS_AZURE,
 }
 # property -> getter in mlflow mode (`tags` and `properties` are get_tags / get_properties).
 GETTERS = {
@@ -151,4 +229,5 @@ GETTERS = {
     "display_name": display_name,
     "description": description,
     "experiment": experiment,
+    "status": status,
 }

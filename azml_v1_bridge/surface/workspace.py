@@ -27,13 +27,17 @@ import os
 
 from .. import bridge, config
 from ..translate import V1_RUN_ID_TAG
-from . import reads
+from . import display, reads
 
 logger = logging.getLogger("azml_v1_bridge")
 
 MARK = "_azml_v1_bridge_mlflow"  # set on the workspaces and experiments built here
+# A workspace's identity where no config.json or argument gives it: stated local values,
+# strings as v1's are (notebooks print `'Subscription id: ' + ws.subscription_id`).
 LOCATION = "local"
 DEFAULT_WORKSPACE = "mlflow"
+LOCAL_SUBSCRIPTION = "00000000-0000-0000-0000-000000000000"  # a GUID's shape, as v1's
+LOCAL_RESOURCE_GROUP = "local"
 # Workspace services (properties, methods) that need Azure ML: they raise NoAzureError here.
 SERVICE_PROPERTIES = ("compute_targets", "datastores", "datasets", "environments", "images",
                       "webservices", "linked_services", "private_endpoints", "sku", "tags",
@@ -54,29 +58,13 @@ def is_local(obj) -> bool:
     return bool(getattr(obj, "__dict__", {}).get(MARK))
 
 
-def _what_to_do() -> str:
-    return ("azml_v1_bridge's mlflow mode (AZML_V1_BRIDGE_MODE=mlflow) has no Azure ML workspace "
-            "behind Workspace.from_config(): only tracking (experiments, runs, metrics, files, "
-            "models) is served, from MLflow. Run this part in mirror mode "
-            "(AZML_V1_BRIDGE_MODE=mirror) with a real workspace, or replace it with its SDK v2 "
-            "or local equivalent")
+def no_azure(what: str, hint: str | None = None):
+    """The one error every Azure service of an mlflow-mode workspace raises
+    (`azml_v1_bridge.NoAzureError`, a UserErrorException), naming the user's call: `what`
+    when the user called it, else the azureml-core call that led to it."""
+    from ..no_azure import no_azure as error
 
-
-_error_class = None
-
-
-def no_azure(what: str):
-    """The one error every Azure service of an mlflow-mode workspace raises: a
-    UserErrorException (what v1 raises for a misuse), class NoAzureError."""
-    global _error_class
-    if _error_class is None:
-        from azureml.exceptions import UserErrorException
-
-        class NoAzureError(UserErrorException):
-            """An Azure ML service asked of a workspace that mlflow mode built without Azure."""
-
-        _error_class = NoAzureError
-    return _error_class(f"{what} needs the Azure ML service: {_what_to_do()}.")
+    return error(what, hint)
 
 
 class _NoAzureAuth:
@@ -131,11 +119,13 @@ def _config_names(path=None, file_name=None) -> tuple:
             try:
                 with open(candidate, encoding="utf-8") as fh:
                     data = json.load(fh)
-                return (data.get("subscription_id"), data.get("resource_group"),
+                return (data.get("subscription_id") or LOCAL_SUBSCRIPTION,
+                        data.get("resource_group") or LOCAL_RESOURCE_GROUP,
                         data.get("workspace_name") or DEFAULT_WORKSPACE)
             except (OSError, ValueError, AttributeError):
                 continue
-    return (os.environ.get("AZUREML_ARM_SUBSCRIPTION"), os.environ.get("AZUREML_ARM_RESOURCEGROUP"),
+    return (os.environ.get("AZUREML_ARM_SUBSCRIPTION") or LOCAL_SUBSCRIPTION,
+            os.environ.get("AZUREML_ARM_RESOURCEGROUP") or LOCAL_RESOURCE_GROUP,
             os.environ.get("AZUREML_ARM_WORKSPACE_NAME") or DEFAULT_WORKSPACE)
 
 
@@ -146,8 +136,10 @@ def _ws_init(wrapped, instance, args, kwargs):
     def fields(subscription_id, resource_group, workspace_name, auth=None, _location=None,
                _disable_service_check=False, _workspace_id=None, sku="basic", tags=None,
                _cloud="AzureCloud"):
-        return dict(subscription_id=subscription_id, resource_group=resource_group,
-                    workspace_name=workspace_name, _location=_location or LOCATION,
+        return dict(subscription_id=str(subscription_id or LOCAL_SUBSCRIPTION),
+                    resource_group=str(resource_group or LOCAL_RESOURCE_GROUP),
+                    workspace_name=str(workspace_name or DEFAULT_WORKSPACE),
+                    _location=str(_location or LOCATION),
                     _workspace_id=_workspace_id, sku=sku, tags=tags, _cloud=_cloud)
 
     # v1's constructor, told not to ask the service: it only keeps the names
@@ -172,12 +164,12 @@ def _ws_get(wrapped, instance, args, kwargs):
 
     def names(name, auth=None, subscription_id=None, resource_group=None, location=None,
               cloud="AzureCloud", id=None):
-        return subscription_id, resource_group, name
+        return subscription_id, resource_group, name, location
 
     from azureml.core.workspace import Workspace
 
-    sub, group, name = names(*args, **kwargs)
-    return Workspace(sub, group, name)
+    sub, group, name, location = names(*args, **kwargs)
+    return Workspace(sub, group, name, _location=location)
 
 
 def _local_only(what: str):
@@ -221,6 +213,31 @@ def _ws_tracking_uri(wrapped, instance, args, kwargs):
     return wrapped(*args, **kwargs)
 
 
+def _ws_repr_html(self):
+    """Where an mlflow-mode workspace's data is (v1's Workspace has no HTML: None for others)."""
+    if not is_local(self):
+        return None
+    import mlflow
+
+    rows = {"Name": self.name, "Subscription id": self.subscription_id,
+            "Resource group": self.resource_group, "Location": self.location}
+    rows.update(display.where(mlflow.get_tracking_uri()))
+    return display.table(rows)
+
+
+def _exp_repr_html(wrapped, instance, args, kwargs):
+    if instance is None or not is_local(instance):
+        return wrapped(*args, **kwargs)
+    import mlflow
+
+    found = _mlflow_experiment(instance, create=False)  # showing it creates nothing
+    experiment_id = found.experiment_id if found is not None else None
+    rows = {"Name": instance.name, "Workspace": instance.workspace.name,
+            "MLflow experiment id": experiment_id or "(created by its first run)"}
+    rows.update(display.where(mlflow.get_tracking_uri(), experiment_id or None))
+    return display.table(rows)
+
+
 def is_patched() -> bool:
     """Whether Workspace and Experiment are patched (then mlflow mode builds them without Azure)."""
     import sys
@@ -243,10 +260,11 @@ def patch_workspace_module(module, wrap, add) -> None:
     wrap(cls, "get_mlflow_tracking_uri", _ws_tracking_uri)
     for name in ("list", "create"):
         if name in cls.__dict__:
-            wrap(cls, name, _static_no_azure(f"Workspace.{name}"))
+            wrap(cls, name, _static_no_azure(f"Workspace.{name}()"))
     for name in SERVICE_METHODS:
         if name in cls.__dict__:
             wrap(cls, name, _local_only(f"Workspace.{name}()"))
+    add(cls, "_repr_html_", _ws_repr_html)
     getters = {"experiments": _experiments, "models": _models}
     for name in SERVICE_PROPERTIES + ("service_context", "experiments", "models"):
         original = cls.__dict__.get(name)
@@ -398,6 +416,7 @@ def patch_experiment_module(module, wrap, add) -> None:
     wrap(cls, "list", _exp_list)
     wrap(cls, "set_tags", _exp_set_tags)
     wrap(cls, "tag", _exp_tag)
+    wrap(cls, "_repr_html_", _exp_repr_html)
     for name in ("submit", "archive", "reactivate", "remove_tags", "refresh"):
         if name in cls.__dict__:
             wrap(cls, name, _local_only(f"Experiment.{name}()"))

@@ -17,6 +17,7 @@ goes to when it is not the active one.
 """
 from __future__ import annotations
 
+import atexit
 import collections
 import io
 import itertools
@@ -26,12 +27,16 @@ import os
 import posixpath
 import shutil
 import tempfile
+import time
+import types
 
 import mlflow
 
 # -- state (copied as-is; names start with _V1_ so they never meet user names)
 _V1_COUNTS = collections.defaultdict(itertools.count)
 _V1_DOCS = {}
+_V1_UNSAVED = {}  # (run id, table path) -> when it was last uploaded; tables with rows not yet uploaded
+_V1_SAVE_SECONDS = 30.0
 
 
 def _v1_run_id(run=None):
@@ -97,8 +102,8 @@ def _v1_columns(table):
             else list(cells) for col, cells in table.items()}
 
 
-def _v1_table(path, table, run=None):
-    """JSON table artifact `path` ({column: [values]}) with the rows of `table` appended:
+def _v1_rows(path, table, run=None):
+    """Table `path` ({column: [values]}) with the rows of `table` appended, kept in memory:
     v1 kept every row of a log_row / log_table name; a column missing from some rows gets nulls."""
     columns = _v1_columns(table)
     kept = _V1_DOCS.setdefault((_v1_run_id(run), path), {})
@@ -111,7 +116,35 @@ def _v1_table(path, table, run=None):
         column = kept.setdefault(col, [None] * nrows)
         column.extend(cells)
         column.extend([None] * (width - len(cells)))
-    return json.dumps(kept, indent=1, ensure_ascii=False, default=_v1_plain)
+    return kept
+
+
+def _v1_table(path, table, run=None):
+    """The JSON text of table `path` with the rows of `table` appended."""
+    return json.dumps(_v1_rows(path, table, run), indent=1, ensure_ascii=False, default=_v1_plain)
+
+
+def _v1_save_tables(every=0.0):
+    """Upload each table artifact with rows not uploaded yet (and last uploaded `every` seconds
+    ago or more). Runs at exit; call it to see the tables in MLflow sooner."""
+    now = time.monotonic()
+    for (run_id, path), last in list(_V1_UNSAVED.items()):
+        if now - last >= every:
+            del _V1_UNSAVED[run_id, path]
+            text = json.dumps(_V1_DOCS[run_id, path], indent=1, ensure_ascii=False, default=_v1_plain)
+            mlflow.MlflowClient().log_text(run_id, text, path)
+
+
+def _v1_log_table(path, table, run=None):
+    """Append the rows of `table` to JSON table artifact `path`. The artifact is uploaded at exit,
+    and every _V1_SAVE_SECONDS while rows keep coming: once per row, a growing table re-uploaded
+    in full made a logging loop quadratic."""
+    _v1_rows(path, table, run)
+    if not _V1_UNSAVED:  # registered after mlflow's own exit handler, so it runs first
+        atexit.unregister(_v1_save_tables)
+        atexit.register(_v1_save_tables)
+    _V1_UNSAVED.setdefault((_v1_run_id(run), path), time.monotonic())
+    _v1_save_tables(_V1_SAVE_SECONDS)
 
 
 def _v1_table_metrics(name, table, run=None):
@@ -177,10 +210,48 @@ def _v1_upload(name, source, run=None):
             mlflow.log_artifact(target, folder, run_id=_v1_run_id(run))
 
 
+def _v1_log_list(key, values, listed, run=None):
+    """run.log_list (or run.log of a list) of values known only at run time: one metric point
+    per element when all are numbers, else JSON list artifact `listed` extended by them."""
+    values = list(values)
+    numbers_ = [_v1_number(v) for v in values]
+    if None in numbers_:
+        mlflow.log_text(_v1_list(listed, values, run), listed, run_id=_v1_run_id(run))
+        return
+    for number in numbers_:
+        mlflow.log_metric(key, number, step=_v1_step(key, run), run_id=_v1_run_id(run))
+
+
+def _v1_log(key, value, text, listed, step=None, run=None):
+    """run.log of a value whose type shows only at run time, as v1 recorded it: a number is a
+    metric point (the step per run and key unless given), a list one point per element (a JSON
+    list artifact `listed` when not all numbers), anything else a line of text artifact `text`."""
+    number = _v1_number(value)
+    if number is not None:
+        step = _v1_step(key, run) if step is None else step
+        mlflow.log_metric(key, number, step=step, run_id=_v1_run_id(run))
+    elif isinstance(value, (list, tuple, range, types.GeneratorType)):
+        _v1_log_list(key, value, listed, run)
+    else:
+        mlflow.log_text(_v1_text(text, value, run), text, run_id=_v1_run_id(run))
+
+
+def _v1_end(run, status="FINISHED"):
+    """End `run` with `status`: MLflow's active run by mlflow.end_run (the run it was nested in
+    is active again, as in v1), any other by the client."""
+    active = mlflow.active_run()
+    if active is not None and active.info.run_id == run.info.run_id:
+        mlflow.end_run(status)
+    else:
+        mlflow.MlflowClient().set_terminated(run.info.run_id, status)
+
+
 # helper -> (helpers and state it uses, modules it imports). migrate.py copies the closure.
 HELPERS = {
     "_V1_COUNTS": ((), ("collections", "itertools")),
     "_V1_DOCS": ((), ()),
+    "_V1_UNSAVED": ((), ()),
+    "_V1_SAVE_SECONDS": ((), ()),
     "_v1_run_id": ((), ("mlflow",)),
     "_v1_step": (("_V1_COUNTS", "_v1_run_id"), ()),
     "_v1_row": (("_V1_COUNTS", "_v1_run_id"), ()),
@@ -191,7 +262,14 @@ HELPERS = {
     "_v1_text": (("_V1_DOCS", "_v1_run_id"), ()),
     "_v1_list": (("_V1_DOCS", "_v1_run_id", "_v1_plain"), ("json",)),
     "_v1_columns": ((), ()),
-    "_v1_table": (("_V1_DOCS", "_v1_run_id", "_v1_plain", "_v1_columns"), ("json",)),
+    "_v1_rows": (("_V1_DOCS", "_v1_run_id", "_v1_columns"), ()),
+    "_v1_table": (("_v1_rows", "_v1_plain"), ("json",)),
+    "_v1_save_tables": (("_V1_DOCS", "_V1_UNSAVED", "_v1_plain"), ("json", "time", "mlflow")),
+    "_v1_log_table": (("_V1_DOCS", "_V1_UNSAVED", "_V1_SAVE_SECONDS", "_v1_rows", "_v1_run_id",
+                       "_v1_save_tables"), ("atexit", "time")),
+    "_v1_end": ((), ("mlflow",)),
+    "_v1_log_list": (("_v1_number", "_v1_step", "_v1_run_id", "_v1_list"), ("mlflow",)),
+    "_v1_log": (("_v1_number", "_v1_step", "_v1_run_id", "_v1_log_list", "_v1_text"), ("types", "mlflow")),
     "_v1_table_metrics": (("_v1_row", "_v1_number", "_v1_columns"), ()),
     "_v1_json": (("_v1_plain",), ("json",)),
     "_v1_figure": ((), ("io",)),

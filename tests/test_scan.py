@@ -173,7 +173,8 @@ def test_json_output_of_a_folder(capsys, tmp_path):
     assert counts == {name: sum(kinds.values()) for name, kinds in EXPECTED.items()}
     assert data["summary"]["unmapped"] == 9
     site = data["files"][0]["sites"][0]
-    assert set(site) == {"file", "cell", "line", "column", "kind", "method", "code", "maps_to", "flag", "mapped"}
+    assert set(site) == {"file", "cell", "writefile", "line", "column", "kind", "method", "code", "maps_to",
+                         "flag", "mapped"}
 
 
 def test_markdown_output(capsys):

@@ -1192,7 +1192,7 @@ class FileScan:
 
     @property
     def unmapped(self) -> list:
-        return [s for s in self.sites if not s.mapped]
+        return [s for s in self.sites if not s.mapped and not s.extra.get("v1")]
 
 
 def analyse(units: list[Unit]) -> Analysis:
@@ -1246,6 +1246,8 @@ def _keep_runs_that_feed_azure_ml(analysis: Analysis) -> None:
                     kept[name] = analysis.feeds[name]
                     site.extra["keep"] = (f"{name} feeds other Azure ML code ({analysis.feeds[name]}): it "
                                           "stays a v1 run for that; its tracking calls go to MLflow")
+                    site.maps_to = "stays a v1 run (mlflow.start_run() is put before it for the tracking calls)"
+                    site.flag = site.extra["keep"]
     remote_fns = {fn for fn, sources in analysis.param_sources.items() if any(o == "remote" for _, o in sources)}
     kept_fns = {fn for fn, sources in analysis.param_sources.items() if any(n in kept for n, _ in sources)}
     for site in analysis.sites:
@@ -1255,6 +1257,7 @@ def _keep_runs_that_feed_azure_ml(analysis: Analysis) -> None:
         if key in kept or (param and fn in kept_fns):
             if site.kind in ("read", "unmapped") and site.method != "register_model":
                 site.extra["v1"] = True  # a v1 run: what it reads still works
+                site.maps_to, site.flag, site.todo = "left as it is: the run stays a v1 run", "", ""
             site.route = None
         if param and fn in remote_fns and site.kind == "call":
             why = (f"{fn}() is given a run of experiment.submit(): a job Azure ML runs, not a run this "
@@ -1385,13 +1388,24 @@ def _rows(scans):
             yield fs, s
 
 
+TRACKING_KINDS = ("run", "call", "with", "property", "read", "unmapped")
+
+
 def summary(scans) -> dict:
+    """Counts that mean what they say: `mapped` and `unmapped` are tracking sites (runs, calls on
+    runs, read-backs), never import lines nor control-plane calls, which are counted apart."""
     files = [fs for fs in scans if fs.sites]
     sites = [s for _, s in _rows(scans)]
+    tracking = [s for s in sites if s.kind in TRACKING_KINDS]
     return {"files_scanned": len(scans), "files_with_v1": len(files), "sites": len(sites),
-            "mapped": sum(1 for s in sites if s.mapped),
-            "flagged": sum(1 for s in sites if s.mapped and s.flag),
-            "unmapped": sum(1 for s in sites if not s.mapped)}
+            "tracking": len(tracking),
+            "mapped": sum(1 for s in tracking if s.mapped),
+            "flagged": sum(1 for s in tracking if s.mapped and s.flag),
+            "unmapped": sum(1 for s in tracking if not s.mapped and not s.extra.get("v1")),
+            "kept_on_v1": sum(1 for s in tracking if s.extra.get("v1")),
+            "imports": sum(1 for s in sites if s.kind == "import"),
+            "control_plane": sum(1 for s in sites if s.kind == "outside"),
+            "unreadable": sum(1 for fs in scans if fs.error)}
 
 
 def format_json(scans) -> str:
@@ -1421,10 +1435,18 @@ def format_table(scans) -> str:
             if r[3]:
                 lines.append(f"  {'':>{width[0]}}  {'':<{width[1]}}     {r[3]}")
         lines.append("")
-    s = summary(scans)
-    lines.append(f"{s['files_with_v1']} of {s['files_scanned']} files use Azure ML v1: {s['sites']} sites, "
-                 f"{s['mapped']} mapped ({s['flagged']} flagged), {s['unmapped']} unmapped")
+    lines.append(summary_line(scans))
     return "\n".join(lines)
+
+
+def summary_line(scans) -> str:
+    s = summary(scans)
+    line = (f"{s['files_with_v1']} of {s['files_scanned']} files use Azure ML v1: {s['tracking']} tracking sites, "
+            f"{s['mapped']} mapped ({s['flagged']} flagged), {s['unmapped']} unmapped, {s['kept_on_v1']} kept on v1; "
+            f"besides: {s['imports']} import lines, {s['control_plane']} control-plane calls (left as they are)")
+    if s["unreadable"]:
+        line += f"; {s['unreadable']} file(s) could not be read or parsed"
+    return line
 
 
 def _md(text: str) -> str:
@@ -1434,9 +1456,10 @@ def _md(text: str) -> str:
 def format_markdown(scans) -> str:
     s = summary(scans)
     out = ["# Azure ML SDK v1 → MLflow migration", "",
-           f"{s['files_with_v1']} of {s['files_scanned']} files use Azure ML v1 tracking: "
-           f"**{s['sites']}** sites, {s['mapped']} mapped by the bridge ({s['flagged']} flagged), "
-           f"**{s['unmapped']}** need a decision.", ""]
+           f"{s['files_with_v1']} of {s['files_scanned']} files use Azure ML v1: **{s['tracking']}** tracking "
+           f"sites, {s['mapped']} mapped by the bridge ({s['flagged']} flagged), **{s['unmapped']}** need a "
+           f"decision, {s['kept_on_v1']} kept on v1; besides, {s['imports']} import lines and "
+           f"{s['control_plane']} control-plane calls.", ""]
     for fs in scans:
         if not fs.sites:
             continue
@@ -1446,7 +1469,7 @@ def format_markdown(scans) -> str:
             mark = ("❌ " if not site.mapped else "⚠️ ") + site.flag if site.flag else ""
             out.append(f"| {line} | `{_md(site.code)}` | {_md(site.maps_to or '—')} | {_md(mark)} |")
         out.append("")
-        todo = [x for x in fs.sites if not x.mapped]
+        todo = fs.unmapped
         if todo:
             out.append("- [ ] " + f"decide on {len(todo)} unmapped site(s) in `{fs.path}`")
             out.append("")
@@ -1460,16 +1483,25 @@ def main(argv=None) -> int:
     parser.add_argument("paths", nargs="+", metavar="PATH", help="files or folders (.py, .ipynb)")
     parser.add_argument("--format", choices=("table", "json", "markdown"), default="table")
     parser.add_argument("--strict", action="store_true",
-                        help="exit 1 when a call cannot be mapped (read-backs, calls outside tracking, ...)")
+                        help="exit 1 when a tracking call cannot be mapped (read-backs, unmapped run methods, ...)")
+    parser.add_argument("--tracking-only", action="store_true",
+                        help="list tracking only: runs, their calls and read-backs (no control-plane calls "
+                             "such as workspaces, compute, data sets, submit)")
     args = parser.parse_args(argv)
     missing = [p for p in args.paths if not os.path.exists(p)]
     if missing:
         print(f"{TOOL} scan: no such file or folder: {', '.join(missing)}", file=sys.stderr)
         return 2
     scans = scan_paths(args.paths)
+    if args.tracking_only:
+        for fs in scans:
+            fs.sites = [site for site in fs.sites if site.kind != "outside"]
     text = {"table": format_table, "json": format_json, "markdown": format_markdown}[args.format](scans)
     print(text)
-    if args.strict and summary(scans)["unmapped"]:
+    for fs in scans:
+        if fs.error:
+            print(f"{fs.path}: skipped: {fs.error}", file=sys.stderr)
+    if args.strict and (summary(scans)["unmapped"] or summary(scans)["unreadable"]):
         return 1
     return 0
 

@@ -321,8 +321,19 @@ def _table_name(e: Emit) -> tuple[str, str]:
     return name, f"{name} + {q(suffix('table'))}"
 
 
+def _unknown_column(site: Site, col: str) -> bool:
+    """A log_row value neither a literal nor of a known type: a number or not only at run time."""
+    return site.types.get(col) is None and not is_literal(site.columns[col])
+
+
 def rule_log_row(e: Emit) -> list[str]:
     name, path = _table_name(e)
+    if not e.splats and any(_unknown_column(e.site, col) for col in e.site.columns):
+        # which cells are numbers (metrics) is decided at run time, as the bridge decides it
+        parts = [f"{q(col)}: [{e.code(v)}]" for col, v in e.columns.items()]
+        table = e.rw.temp("row")
+        e.pre.append(f"{table} = {{{', '.join(parts)}}}")
+        return _table_lines(e, name, path, table)
     if e.splats:
         parts = [f"{k}={e.code(v)}" for k, v in e.columns.items()] + [f"**{e.code(s)}" for s in e.splats]
         table = e.rw.temp("row")
@@ -1040,8 +1051,9 @@ class _Imports(cst.CSTTransformer):
             if self.helpers:
                 stmts = list(cst.parse_module("\n".join(self.helpers) + "\n").body)
                 stmts = [s.with_changes(leading_lines=[cst.EmptyLine(), cst.EmptyLine()])
-                         if isinstance(s, cst.FunctionDef) else s.with_changes(leading_lines=[])
-                         for s in stmts]
+                         if isinstance(s, cst.FunctionDef) or (i and isinstance(stmts[i - 1], cst.FunctionDef))
+                         else s.with_changes(leading_lines=[])
+                         for i, s in enumerate(stmts)]
                 stmts[0] = stmts[0].with_changes(leading_lines=[cst.EmptyLine()] * (
                     1 if isinstance(stmts[0], cst.SimpleStatementLine) else 2) + [
                     cst.EmptyLine(comment=cst.Comment(HELPER_HEADER))])
@@ -1098,6 +1110,11 @@ class Plan:
     helpers: set = field(default_factory=set)
     need_mlflow: bool = False
     v1_left: bool = False   # something stays on Azure ML v1: the bridge import stays
+
+    @property
+    def metrics(self) -> bool:
+        """Metrics are rewritten: they go out in the background, as in v1."""
+        return any(c.kind in ("rewritten", "partial") and c.site.method in METRIC_METHODS for c in self.changes)
     taken: set = field(default_factory=set)
     temps: dict = field(default_factory=dict)
 
@@ -1255,6 +1272,8 @@ def _migrate_group(plan: "Plan", units: list, tracking_only: bool) -> dict:
         module.visit(v)
         used |= v.names
         defined |= v.defined
+    if plan.metrics and BACKGROUND not in "".join(u.source for u in units):
+        plan.need_helper("_v1_background")
     helpers = [h for h in _runtime()[1] if h in plan.helpers and h not in defined]
     modules_needed = {"mlflow"} if (plan.need_mlflow or helpers) else set()
     for h in helpers:
@@ -1267,6 +1286,8 @@ def _migrate_group(plan: "Plan", units: list, tracking_only: bool) -> dict:
         add.append(BRIDGE_IMPORT)
     sources = _runtime()[0]
     helper_code = [sources[h] for h in helpers]
+    if "_v1_background" in helpers:
+        helper_code.append(BACKGROUND)
     first = _first_unit(plan.sites, units)
     new_texts = {}
     for unit in units:
@@ -1280,6 +1301,11 @@ def _migrate_group(plan: "Plan", units: list, tracking_only: bool) -> dict:
     return new_texts
 
 
+# v1's run.log returned at once and its client sent metrics in batches from a background thread;
+# MLflow does the same once asked (_v1_background). Without it, each point is a round trip to the
+# store: a logging loop ran several times slower than under the bridge (benchmarks/bench_migrate.py).
+BACKGROUND = "_v1_background()  # as in v1, metrics go out in the background (all sent at exit)"
+METRIC_METHODS = ("log", "log_list", "log_row", "log_table")
 BRIDGE_IMPORT = "import azml_v1_bridge  # noqa: F401  (serves the calls kept on Azure ML v1)"
 
 

@@ -27,6 +27,7 @@ import os
 import posixpath
 import shutil
 import tempfile
+import threading
 import time
 import types
 
@@ -43,6 +44,10 @@ def _v1_run_id(run=None):
     """The run a call goes to: `run` when given, else the active MLflow run (started, as
     mlflow.log_metric would start it, when there is none yet)."""
     return (run or mlflow.active_run() or mlflow.start_run()).info.run_id
+
+
+# `run_id=run and run.info.run_id`: None for the active run. mlflow.log_metric given a run_id
+# fetches that run from the store on every call (a round trip a point).
 
 
 def _v1_step(key, run=None):
@@ -205,9 +210,9 @@ def _v1_upload(name, source, run=None):
             shutil.copyfile(source, target)
         folder = posixpath.dirname(name) or None
         if os.path.isdir(target):
-            mlflow.log_artifacts(target, name, run_id=_v1_run_id(run))
+            mlflow.log_artifacts(target, name, run_id=run and run.info.run_id)
         else:
-            mlflow.log_artifact(target, folder, run_id=_v1_run_id(run))
+            mlflow.log_artifact(target, folder, run_id=run and run.info.run_id)
 
 
 def _v1_log_list(key, values, listed, run=None):
@@ -216,10 +221,10 @@ def _v1_log_list(key, values, listed, run=None):
     values = list(values)
     numbers_ = [_v1_number(v) for v in values]
     if None in numbers_:
-        mlflow.log_text(_v1_list(listed, values, run), listed, run_id=_v1_run_id(run))
+        mlflow.log_text(_v1_list(listed, values, run), listed, run_id=run and run.info.run_id)
         return
     for number in numbers_:
-        mlflow.log_metric(key, number, step=_v1_step(key, run), run_id=_v1_run_id(run))
+        mlflow.log_metric(key, number, step=_v1_step(key, run), run_id=run and run.info.run_id)
 
 
 def _v1_log(key, value, text, listed, step=None, run=None):
@@ -229,11 +234,11 @@ def _v1_log(key, value, text, listed, step=None, run=None):
     number = _v1_number(value)
     if number is not None:
         step = _v1_step(key, run) if step is None else step
-        mlflow.log_metric(key, number, step=step, run_id=_v1_run_id(run))
+        mlflow.log_metric(key, number, step=step, run_id=run and run.info.run_id)
     elif isinstance(value, (list, tuple, range, types.GeneratorType)):
         _v1_log_list(key, value, listed, run)
     else:
-        mlflow.log_text(_v1_text(text, value, run), text, run_id=_v1_run_id(run))
+        mlflow.log_text(_v1_text(text, value, run), text, run_id=run and run.info.run_id)
 
 
 def _v1_end(run, status="FINISHED"):
@@ -244,6 +249,20 @@ def _v1_end(run, status="FINISHED"):
         mlflow.end_run(status)
     else:
         mlflow.MlflowClient().set_terminated(run.info.run_id, status)
+
+
+def _v1_background():
+    """Metrics go out in the background, gathered a second at a time, as v1's client sent them:
+    one store round trip a point made a logging loop several times slower than under the bridge.
+    What is left is sent when the script ends, ended run or not: MLflow's own exit handler comes
+    after Python has stopped the threads that send (it asks for mlflow.end_run()), so the flush is
+    hooked where concurrent.futures hooks its own shutdown. Without that hook: sent as it comes."""
+    hook = getattr(threading, "_register_atexit", None)
+    if hook is None:
+        return
+    os.environ.setdefault("MLFLOW_ASYNC_LOGGING_BUFFERING_SECONDS", "1")
+    hook(mlflow.flush_async_logging)  # runs before the senders' thread pools shut down
+    mlflow.config.enable_async_logging()
 
 
 # helper -> (helpers and state it uses, modules it imports). migrate.py copies the closure.
@@ -268,11 +287,12 @@ HELPERS = {
     "_v1_log_table": (("_V1_DOCS", "_V1_UNSAVED", "_V1_SAVE_SECONDS", "_v1_rows", "_v1_run_id",
                        "_v1_save_tables"), ("atexit", "time")),
     "_v1_end": ((), ("mlflow",)),
-    "_v1_log_list": (("_v1_number", "_v1_step", "_v1_run_id", "_v1_list"), ("mlflow",)),
-    "_v1_log": (("_v1_number", "_v1_step", "_v1_run_id", "_v1_log_list", "_v1_text"), ("types", "mlflow")),
+    "_v1_background": ((), ("os", "threading", "mlflow")),
+    "_v1_log_list": (("_v1_number", "_v1_step", "_v1_list"), ("mlflow",)),
+    "_v1_log": (("_v1_number", "_v1_step", "_v1_log_list", "_v1_text"), ("types", "mlflow")),
     "_v1_table_metrics": (("_v1_row", "_v1_number", "_v1_columns"), ()),
     "_v1_json": (("_v1_plain",), ("json",)),
     "_v1_figure": ((), ("io",)),
     "_v1_image_name": (("_v1_numbered",), ("posixpath",)),
-    "_v1_upload": (("_v1_run_id",), ("os", "posixpath", "shutil", "tempfile", "mlflow")),
+    "_v1_upload": ((), ("os", "posixpath", "shutil", "tempfile", "mlflow")),
 }

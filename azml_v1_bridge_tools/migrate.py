@@ -1796,7 +1796,7 @@ def main(argv=None) -> int:
     if args.check:
         import shlex
 
-        status_ = EXIT_OK
+        codes = [EXIT_INPUT] * len(errors)
         for r in errors:
             print(f"{r.path}: skipped: {r.error}")
         for r in results:
@@ -1804,10 +1804,8 @@ def main(argv=None) -> int:
                 continue
             for outcome in check_all(r, shlex.split(args.args), timeout=args.timeout, keep=args.keep):
                 print(outcome.report())
-                status_ = max(status_, outcome.exit_code, key=CHECK_SEVERITY.index)
-        if errors and status_ == EXIT_OK:
-            status_ = EXIT_INPUT
-        return status_
+                codes.append(outcome.exit_code)
+        return combined_exit(codes)
     for r in results:
         if args.write:
             if r.changed:
@@ -1827,6 +1825,12 @@ def main(argv=None) -> int:
 
 # which outcome wins when several scripts are checked: a difference beats everything
 CHECK_SEVERITY = [EXIT_OK, EXIT_CANNOT_RUN, EXIT_INPUT, EXIT_DIFFERENT]
+
+
+def combined_exit(codes) -> int:
+    """--check of several scripts: 1 if any differs, else 2 if a file could not be read or
+    checked, else 3 if an original cannot run here, else 0."""
+    return max(codes, key=CHECK_SEVERITY.index, default=EXIT_OK)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -184,6 +184,17 @@ def test_an_undecodable_file_is_one_line_and_the_rest_goes_on(tmp_path, capsys):
     assert "mlflow" in (folder / "child_list.py").read_text()  # written all the same
     assert scan.main([str(folder)]) == 0
     assert "2 file(s) could not be read or parsed" in capsys.readouterr().out
+    assert scan.main(["--strict", str(folder)]) == 1
+
+
+def test_exit_codes_of_several_checks():
+    ok, differ, inp, cannot = (migrate.EXIT_OK, migrate.EXIT_DIFFERENT, migrate.EXIT_INPUT,
+                               migrate.EXIT_CANNOT_RUN)
+    assert (ok, differ, inp, cannot) == (0, 1, 2, 3)
+    assert migrate.combined_exit([]) == ok and migrate.combined_exit([ok, ok]) == ok
+    assert migrate.combined_exit([ok, cannot]) == cannot
+    assert migrate.combined_exit([cannot, inp, ok]) == inp
+    assert migrate.combined_exit([cannot, differ, inp]) == differ
 
 
 def test_tracking_first_no_todo_flood(tmp_path):

@@ -88,7 +88,10 @@ def main() -> int:
             code = ("import sys; from azml_v1_bridge_tools import migrate; "
                     "sys.stdout.write(migrate.migrate_file(sys.argv[1]).new)")
             text = subprocess.run([sys.executable, "-c", code, original], capture_output=True, text=True, check=True,
-                                  env=dict(os.environ, PYTHONPATH=os.path.abspath(args.before_root))).stdout
+                                  env=dict(os.environ, PYTHONPATH=os.path.abspath(args.before_root)),
+                                  cwd=tmp).stdout  # not this checkout: `-c` puts the folder first on sys.path
+            if text == result.new:
+                raise SystemExit(f"--before-root {args.before_root} rewrites the workload as this checkout does")
             with open(before, "w") as fh:
                 fh.write(text)
             clients.append("before")

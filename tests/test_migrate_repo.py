@@ -250,3 +250,17 @@ def test_tables_are_uploaded_once_not_per_row(store):
     text = mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/curve.json")
     assert json.loads(text) == {"x": list(range(200)), "y": [i * i for i in range(200)]}
     assert not rt._V1_UNSAVED
+
+
+def test_a_long_loop_sees_its_table_every_save_interval(store, monkeypatch):
+    import mlflow
+
+    from azml_v1_bridge_tools import migrate_runtime as rt
+
+    monkeypatch.setattr(rt, "_V1_SAVE_SECONDS", 0.0)  # every call is past the interval
+    with mlflow.start_run() as run:
+        rt._v1_log_table("live.json", {"x": [1]})
+        assert json.loads(mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/live.json")) == {"x": [1]}
+        rt._v1_log_table("live.json", {"x": [2]})
+        assert json.loads(mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/live.json")) == {"x": [1, 2]}
+    assert not rt._V1_UNSAVED

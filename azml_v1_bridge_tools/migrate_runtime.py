@@ -38,7 +38,7 @@ _V1_COUNTS = collections.defaultdict(itertools.count)
 _V1_DOCS = {}
 _V1_UNSAVED = {}  # (run id, table path) -> when it was last uploaded; tables with rows not yet uploaded
 _V1_SAVE_SECONDS = 30.0
-_V1_CLIENT = []  # the helpers' one MlflowClient, made at first use
+_V1_CLIENT = []  # [tracking URI, the helpers' MlflowClient for it]
 
 
 def _v1_run_id(run=None):
@@ -48,11 +48,12 @@ def _v1_run_id(run=None):
 
 
 def _v1_client():
-    """The helpers' MlflowClient (of the tracking URI at its first use): mlflow.log_metric makes
-    a new one per call, which costs more than the call itself (~1 ms against ~0.3)."""
-    if not _V1_CLIENT:
-        _V1_CLIENT.append(mlflow.MlflowClient())
-    return _V1_CLIENT[0]
+    """The helpers' MlflowClient for the current tracking URI: mlflow.log_metric makes a new one
+    per call, which costs more than the call itself (~1 ms against ~0.3)."""
+    uri = mlflow.get_tracking_uri()
+    if not _V1_CLIENT or _V1_CLIENT[0] != uri:
+        _V1_CLIENT[:] = [uri, mlflow.MlflowClient(uri)]
+    return _V1_CLIENT[1]
 
 
 # `run_id=run and run.info.run_id`: None for the active run. mlflow.log_metric given a run_id

@@ -268,7 +268,7 @@ def _v1_background():
     after Python has stopped the threads that send (it asks for mlflow.end_run()), so the flush is
     hooked where concurrent.futures hooks its own shutdown. Without that hook: sent as it comes."""
     hook = getattr(threading, "_register_atexit", None)
-    if hook is None:
+    if hook is None or not hasattr(mlflow, "flush_async_logging"):  # an MLflow before async logging
         return
     os.environ.setdefault("MLFLOW_ASYNC_LOGGING_BUFFERING_SECONDS", "1")
     # one sender, batches in order: ten (MLflow's default) fight over an sqlite store's lock

@@ -132,7 +132,7 @@ class Todo(Exception):
 @dataclass
 class Change:
     site: Site
-    kind: str      # rewritten | partial | todo
+    kind: str      # rewritten | partial | todo | kept (stays on Azure ML v1, served by the bridge)
     message: str = ""
 
     @property
@@ -237,7 +237,7 @@ class Emit:
 
 def rule_log(e: Emit) -> list[str]:
     kind = e.site.types.get("value")
-    if kind == "list":
+    if kind == "list" and _numeric_list(e.site) is not None:
         return rule_log_list(e)
     if kind == "str":
         path = e.artifact(suffix("text"))
@@ -253,6 +253,8 @@ def rule_log(e: Emit) -> list[str]:
                 text = f'{value} + "\\n"'
             return e.result([f"mlflow.log_text({text}, {path}{e.run_id})"])
         return e.result([f"mlflow.log_text({e.helper('_v1_text')}({path}, {value}{e.hrun}), {path}{e.run_id})"])
+    if kind not in ("number", "bool") and not _numeric_literal(e.site.args.get("value")):
+        return rule_log_any(e)
     key = e.key()
     value = e.arg("value")
     if "step" in e.args:
@@ -262,6 +264,24 @@ def rule_log(e: Emit) -> list[str]:
     else:
         step = f", step={e.helper('_v1_step')}({key}{e.hrun})"
     return e.result([f"mlflow.log_metric({key}, {value}{step}{e.run_id})"])
+
+
+def _numeric_literal(node) -> bool:
+    try:
+        return translate.to_number(literal(node)) is not None
+    except Exception:
+        return False
+
+
+def rule_log_any(e: Emit) -> list[str]:
+    """run.log of a value not provably a number (an argparse value, a parameter, a call): what it
+    becomes is decided at run time, as the bridge decides it (number: metric; list: points or a
+    JSON list; anything else: a line of the text artifact)."""
+    key = e.key()
+    text, listed = e.artifact(suffix("text")), e.artifact(suffix("list"))
+    step = f", step={e.arg('step')}" if "step" in e.args else ""
+    run = f", run={e.run}" if e.run else ""
+    return e.result([f"{e.helper('_v1_log')}({key}, {e.arg('value')}, {text}, {listed}{step}{run})"])
 
 
 def _numeric_list(site: Site) -> bool | None:
@@ -275,6 +295,10 @@ def _numeric_list(site: Site) -> bool | None:
 def rule_log_list(e: Emit) -> list[str]:
     numeric = _numeric_list(e.site)
     values = e.arg("value")
+    if numeric is None:  # numbers or not: known at run time
+        key, listed = e.key(), e.artifact(suffix("list"))
+        run = f", run={e.run}" if e.run else ""
+        return e.result([f"{e.helper('_v1_log_list')}({key}, {values}, {listed}{run})"])
     if numeric is False:
         path = e.artifact(suffix("list"))
         return e.result([f"mlflow.log_text({e.helper('_v1_list')}({path}, {values}{e.hrun}), {path}{e.run_id})"])
@@ -297,8 +321,19 @@ def _table_name(e: Emit) -> tuple[str, str]:
     return name, f"{name} + {q(suffix('table'))}"
 
 
+def _unknown_column(site: Site, col: str) -> bool:
+    """A log_row value neither a literal nor of a known type: a number or not only at run time."""
+    return site.types.get(col) is None and not is_literal(site.columns[col])
+
+
 def rule_log_row(e: Emit) -> list[str]:
     name, path = _table_name(e)
+    if not e.splats and any(_unknown_column(e.site, col) for col in e.site.columns):
+        # which cells are numbers (metrics) is decided at run time, as the bridge decides it
+        parts = [f"{q(col)}: [{e.code(v)}]" for col, v in e.columns.items()]
+        table = e.rw.temp("row")
+        e.pre.append(f"{table} = {{{', '.join(parts)}}}")
+        return _table_lines(e, name, path, table)
     if e.splats:
         parts = [f"{k}={e.code(v)}" for k, v in e.columns.items()] + [f"**{e.code(s)}" for s in e.splats]
         table = e.rw.temp("row")
@@ -332,7 +367,7 @@ def rule_log_row(e: Emit) -> list[str]:
         lines.append(f"mlflow.log_metrics({{{', '.join(numeric)}}}, step={step}{e.run_id})")
     else:
         lines.append(f"{step}  # the row counter v1 kept")
-    lines.append(f"mlflow.log_text({e.helper('_v1_table')}({path}, {{{', '.join(cells)}}}{e.hrun}), {path}{e.run_id})")
+    lines.append(f"{e.helper('_v1_log_table')}({path}, {{{', '.join(cells)}}}{e.hrun})")
     return e.result(lines)
 
 
@@ -341,7 +376,7 @@ def _table_lines(e: Emit, name: str, path: str, table: str) -> list[str]:
     return e.result([
         f"for {s}, {m} in {e.helper('_v1_table_metrics')}({name}, {table}{e.hrun}):\n"
         f"    mlflow.log_metrics({m}, step={s}{e.run_id})",
-        f"mlflow.log_text({e.helper('_v1_table')}({path}, {table}{e.hrun}), {path}{e.run_id})",
+        f"{e.helper('_v1_log_table')}({path}, {table}{e.hrun})",
     ])
 
 
@@ -473,7 +508,7 @@ def rule_upload_folder(e: Emit) -> list[str]:
 
 def _end(e: Emit, status_: str) -> str:
     if e.run:
-        return f"mlflow.MlflowClient().set_terminated({e.run}.info.run_id, {q(status_)})"
+        return f"{e.helper('_v1_end')}({e.run}, {q(status_)})"
     return "mlflow.end_run()" if status_ == "FINISHED" else f"mlflow.end_run({q(status_)})"
 
 
@@ -692,6 +727,7 @@ class Rewriter(cst.CSTTransformer):
         self.plan, self.unit = plan, unit
         self.sites = {s.node: s for s in plan.sites if s.unit is unit}
         self.todos: dict = {}
+        self.before: dict = {}  # statement -> lines to put before it
 
     # shared with Emit
     def code(self, node) -> str:
@@ -746,6 +782,15 @@ class Rewriter(cst.CSTTransformer):
             return cst.parse_expression(code)
         if site is None or not site.mapped:
             return updated
+        if site.method == "get_context" and site.extra.get("keep"):
+            # MLflow's run first, then v1's: the bridge adopts the active MLflow run, and in an
+            # Azure ML job both are the job's run
+            self.todo(site, site.extra["keep"], kind="kept")
+            self.plan.v1_left = self.plan.need_mlflow = True
+            start = "mlflow.active_run() or mlflow.start_run()" if site.extra.get("repeat") else "mlflow.start_run()"
+            if site.stmt is not None:
+                self.before.setdefault(site.stmt, []).append(start)
+            return updated
         if site.method == "get_context":
             self.plan.changes.append(Change(site, "rewritten"))
             code = "mlflow.active_run() or mlflow.start_run()" if site.extra.get("repeat") else "mlflow.start_run()"
@@ -794,6 +839,16 @@ class Rewriter(cst.CSTTransformer):
         return lines
 
     def leave_SimpleStatementLine(self, original, updated):
+        out = self._leave_line(original, updated)
+        if original not in self.before:
+            return out
+        lines = [cst.parse_statement(line + "\n") for line in self.before[original]]
+        rest = list(out.nodes) if isinstance(out, cst.FlattenSentinel) else [out]
+        lines[0] = lines[0].with_changes(leading_lines=rest[0].leading_lines)
+        rest[0] = rest[0].with_changes(leading_lines=[])
+        return cst.FlattenSentinel(lines + rest)
+
+    def _leave_line(self, original, updated):
         pieces, changed = [], False
         for o, u in zip(original.body, updated.body):
             lines = self._rewrite_small(o, u)
@@ -920,24 +975,27 @@ def _import_names(node) -> list[tuple[str, str]]:
     return out
 
 
-def _dropped(full: str) -> bool:
-    return full.split(".")[0] in ("azureml", "azml_v1_bridge")
+def _dropped(full: str, keep_bridge: bool = False) -> bool:
+    return full.split(".")[0] in (("azureml",) if keep_bridge else ("azureml", "azml_v1_bridge"))
 
 
 class _Imports(cst.CSTTransformer):
     """Drop azureml / azml_v1_bridge imports nothing uses any more (keeping the comments above
     them); in the first unit, add the imports and helpers the rewrite needs."""
 
-    def __init__(self, used: set, add: list[str] | None, helpers: list[str]):
+    def __init__(self, used: set, add: list[str] | None, helpers: list[str], keep_bridge: bool = False):
         super().__init__()
         self.used, self.add, self.helpers = used, add or [], helpers
+        self.keep_bridge = keep_bridge  # calls stay on v1: the bridge import serves them
 
     def _filter(self, node):
         """The import with its unused azureml names dropped; None when nothing is left."""
         if isinstance(node, cst.Import):
-            keep = [a for a in node.names if not (_dropped(scan.attribute_name(a.name)) and _import_names(
-                node.with_changes(names=[a]))[0][0] not in self.used)]
-        elif isinstance(node, cst.ImportFrom) and node.module and _dropped(scan.attribute_name(node.module)) \
+            keep = [a for a in node.names if not (_dropped(scan.attribute_name(a.name), self.keep_bridge)
+                                                  and _import_names(node.with_changes(names=[a]))[0][0]
+                                                  not in self.used)]
+        elif isinstance(node, cst.ImportFrom) and node.module and _dropped(scan.attribute_name(node.module),
+                                                                            self.keep_bridge) \
                 and not isinstance(node.names, cst.ImportStar):
             keep = [a for a in node.names if (a.asname.name.value if a.asname else a.name.value) in self.used]
         else:
@@ -964,8 +1022,9 @@ class _Imports(cst.CSTTransformer):
     def _body(self, body, module_level):
         block_end = _leading_block_end(body) if module_level else 0
         new_imports = [cst.parse_statement(line + "\n") for line in self.add] if module_level else []
-        if len(new_imports) > 1 and self.add[-1] == "import mlflow":  # stdlib, then third party
-            new_imports[-1] = new_imports[-1].with_changes(leading_lines=[cst.EmptyLine()])
+        if module_level and "import mlflow" in self.add[1:]:  # stdlib, then third party
+            i = self.add.index("import mlflow")
+            new_imports[i] = new_imports[i].with_changes(leading_lines=[cst.EmptyLine()])
         out, carry, placed = [], [], not new_imports
         for index, stmt in enumerate(body):
             kept = self._line(stmt)
@@ -992,8 +1051,9 @@ class _Imports(cst.CSTTransformer):
             if self.helpers:
                 stmts = list(cst.parse_module("\n".join(self.helpers) + "\n").body)
                 stmts = [s.with_changes(leading_lines=[cst.EmptyLine(), cst.EmptyLine()])
-                         if isinstance(s, cst.FunctionDef) else s.with_changes(leading_lines=[])
-                         for s in stmts]
+                         if isinstance(s, cst.FunctionDef) or (i and isinstance(stmts[i - 1], cst.FunctionDef))
+                         else s.with_changes(leading_lines=[])
+                         for i, s in enumerate(stmts)]
                 stmts[0] = stmts[0].with_changes(leading_lines=[cst.EmptyLine()] * (
                     1 if isinstance(stmts[0], cst.SimpleStatementLine) else 2) + [
                     cst.EmptyLine(comment=cst.Comment(HELPER_HEADER))])
@@ -1049,6 +1109,12 @@ class Plan:
     changes: list = field(default_factory=list)
     helpers: set = field(default_factory=set)
     need_mlflow: bool = False
+    v1_left: bool = False   # something stays on Azure ML v1: the bridge import stays
+
+    @property
+    def metrics(self) -> bool:
+        """Metrics are rewritten: they go out in the background, as in v1."""
+        return any(c.kind in ("rewritten", "partial") and c.site.method in METRIC_METHODS for c in self.changes)
     taken: set = field(default_factory=set)
     temps: dict = field(default_factory=dict)
 
@@ -1079,6 +1145,8 @@ class FileResult:
     notebook: dict | None = None
     new_notebook: dict | None = None
     cells: list = field(default_factory=list)   # (cell index, old source, new source)
+    error: str = ""                               # could not be read or parsed: one line
+    scripts: dict = field(default_factory=dict)  # cell index -> the script a %%writefile cell writes
 
     @property
     def changed(self) -> bool:
@@ -1119,18 +1187,60 @@ def _all_names(units) -> set:
     return names
 
 
-def migrate_file(path: str) -> FileResult:
-    """The migrated text of one file (nothing written)."""
+# Azure ML calls that are not tracking (workspaces, compute, data sets, environments, submit):
+# --tracking-only (migrate's default) leaves them without a TODO.
+CONTROL_PLANE = ("outside",)
+
+
+def migrate_file(path: str, tracking_only: bool = True) -> FileResult:
+    """The migrated text of one file (nothing written). A file that cannot be read or parsed
+    comes back unchanged with `error` set."""
     check_rules()
     fs = scan.scan_file(path)
     units = fs.units
     if fs.analysis is None:
-        with open(path, encoding="utf-8") as fh:
-            text = fh.read()
-        return FileResult(path, text, text, [])
+        try:
+            with open(path, encoding="utf-8") as fh:
+                text = fh.read()
+        except (OSError, UnicodeDecodeError):
+            text = ""
+        return FileResult(path, text, text, [], error=fs.error)
     QUOTE.set(prefer_quote("".join(u.source for u in units)))
-    sites = [s for s in fs.sites if s.node is not None]
-    plan = Plan(fs, sites, taken=_all_names(units))
+    changes, new_texts = [], {}
+    for group in fs.groups:
+        plan = Plan(fs, [s for s in fs.sites if s.node is not None and s.unit in group], taken=_all_names(group))
+        new_texts.update(_migrate_group(plan, group, tracking_only))
+        changes += plan.changes
+    changes.sort(key=lambda c: (units.index(c.site.unit), c.site.line, c.site.column))
+    if fs.notebook is None:
+        old = units[0].source
+        return FileResult(path, old, new_texts.get(id(units[0]), old), changes, error=fs.error)
+    notebook = json.loads(json.dumps(fs.notebook))
+    cells = []
+    for unit in units:
+        if unit.module is None:
+            continue
+        cell = notebook["cells"][unit.cell]
+        before = scan.cell_source(cell)
+        after = unit.head + new_texts[id(unit)] if unit.writefile else scan.restore_magics(new_texts[id(unit)])
+        if after == unit.head + unit.source:
+            after = before  # unchanged, leading blank lines included
+        cells.append((unit.cell, before, after))
+        if after != before:
+            if isinstance(cell.get("source"), list):
+                cell["source"] = after.splitlines(keepends=True)
+            else:
+                cell["source"] = after
+    with open(path, encoding="utf-8") as fh:
+        old = fh.read()
+    new = old if all(b == a for _, b, a in cells) else _dump_notebook(notebook, old)
+    return FileResult(path, old, new, changes, fs.notebook, notebook, cells, error=fs.error,
+                      scripts={u.cell: u.writefile for u in units if u.writefile})
+
+
+def _migrate_group(plan: "Plan", units: list, tracking_only: bool) -> dict:
+    """New source text per unit (by id) of units that share one namespace."""
+    sites = plan.sites
     new_modules = {}
     for unit in units:
         if unit.module is None:
@@ -1139,7 +1249,14 @@ def migrate_file(path: str) -> FileResult:
         for site in sites:
             if site.unit is not unit:
                 continue
-            if not site.mapped and not is_register_model(site):  # that one: Rewriter.leave_Call
+            if site.extra.get("v1") and site.kind in ("read", "unmapped"):
+                continue  # read from a run that stays v1: it works as before
+            if site.extra.get("v1"):
+                rewriter.todo(site, site.todo or site.flag, kind="kept")
+                plan.v1_left = True
+            elif site.kind in CONTROL_PLANE and tracking_only:
+                continue
+            elif not site.mapped and not is_register_model(site):  # that one: Rewriter.leave_Call
                 rewriter.todo(site, site.todo or site.flag)
             elif site.kind == "with":
                 try:
@@ -1155,6 +1272,8 @@ def migrate_file(path: str) -> FileResult:
         module.visit(v)
         used |= v.names
         defined |= v.defined
+    if plan.metrics and BACKGROUND not in "".join(u.source for u in units):
+        plan.need_helper("_v1_background")
     helpers = [h for h in _runtime()[1] if h in plan.helpers and h not in defined]
     modules_needed = {"mlflow"} if (plan.need_mlflow or helpers) else set()
     for h in helpers:
@@ -1163,38 +1282,31 @@ def migrate_file(path: str) -> FileResult:
     add = sorted(f"import {m}" for m in modules_needed - {"mlflow"} if m not in present)
     if "mlflow" in modules_needed and "mlflow" not in present:
         add.append("import mlflow")
+    if plan.v1_left and not any(name.split(".")[0] == "azml_v1_bridge" for name in present):
+        add.append(BRIDGE_IMPORT)
     sources = _runtime()[0]
     helper_code = [sources[h] for h in helpers]
-    first = _first_unit(fs, units)
+    if "_v1_background" in helpers:
+        helper_code.append(BACKGROUND)
+    first = _first_unit(plan.sites, units)
     new_texts = {}
     for unit in units:
         if unit.module is None:
             continue
         module = new_modules[id(unit)]
-        transformer = _Imports(used, add if unit is first else None, helper_code if unit is first else [])
+        transformer = _Imports(used, add if unit is first else None, helper_code if unit is first else [],
+                               keep_bridge=plan.v1_left)
         module = module.visit(transformer)
         new_texts[id(unit)] = module.code
-    if fs.notebook is None:
-        old = units[0].source
-        return FileResult(path, old, new_texts.get(id(units[0]), old), plan.changes)
-    notebook = json.loads(json.dumps(fs.notebook))
-    cells = []
-    for unit in units:
-        if unit.module is None:
-            continue
-        cell = notebook["cells"][unit.cell]
-        before = scan.cell_source(cell)
-        after = scan.restore_magics(new_texts[id(unit)])
-        cells.append((unit.cell, before, after))
-        if after != before:
-            if isinstance(cell.get("source"), list):
-                cell["source"] = after.splitlines(keepends=True)
-            else:
-                cell["source"] = after
-    with open(path, encoding="utf-8") as fh:
-        old = fh.read()
-    new = old if all(b == a for _, b, a in cells) else _dump_notebook(notebook, old)
-    return FileResult(path, old, new, plan.changes, fs.notebook, notebook, cells)
+    return new_texts
+
+
+# v1's run.log returned at once and its client sent metrics in batches from a background thread;
+# MLflow does the same once asked (_v1_background). Without it, each point is a round trip to the
+# store: a logging loop ran several times slower than under the bridge (benchmarks/bench_migrate.py).
+BACKGROUND = "_v1_background()  # as in v1, metrics go out in the background (all sent at exit)"
+METRIC_METHODS = ("log", "log_list", "log_row", "log_table")
+BRIDGE_IMPORT = "import azml_v1_bridge  # noqa: F401  (serves the calls kept on Azure ML v1)"
 
 
 def _present_imports(modules) -> set:
@@ -1210,8 +1322,8 @@ def _present_imports(modules) -> set:
     return present
 
 
-def _first_unit(fs, units):
-    for site in fs.sites:
+def _first_unit(sites, units):
+    for site in sites:
         if site.node is not None and site.unit.module is not None:
             return site.unit
     return next((u for u in units if u.module is not None), None)
@@ -1225,10 +1337,14 @@ def _dump_notebook(notebook: dict, old: str) -> str:
     return json.dumps(notebook, indent=indent, ensure_ascii=False) + ("\n" if old.endswith("\n") else "")
 
 
-def migrate_paths(paths) -> list[FileResult]:
+def migrate_paths(paths, tracking_only: bool = True) -> list[FileResult]:
+    """Every file under `paths`; one that cannot be read or parsed has `error` set, the rest go on."""
     results = []
     for path in scan.iter_files(paths):
-        results.append(migrate_file(path))
+        try:
+            results.append(migrate_file(path, tracking_only=tracking_only))
+        except Exception as exc:  # a rewrite this tool could not make: one line, the rest goes on
+            results.append(FileResult(path, "", "", [], error=f"could not migrate: {type(exc).__name__}: {exc}"))
     return results
 
 
@@ -1264,6 +1380,7 @@ def _normal_artifact(path: str) -> str:
 
 def read_record(uri: str, workdir: str) -> list[dict]:
     """Every run of a store as plain data, nested under its parent."""
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"  # no bars in --check's output
     from mlflow.artifacts import download_artifacts
     from mlflow.entities import ViewType
     from mlflow.tracking import MlflowClient
@@ -1380,6 +1497,17 @@ class CheckResult:
     counts: dict
     failures: list
     result: FileResult | None = None
+    cannot_run: bool = False   # the original failed here: nothing to compare (not the migration's fault)
+
+    @property
+    def exit_code(self) -> int:
+        if self.equal:
+            return EXIT_OK
+        if self.cannot_run:
+            return EXIT_CANNOT_RUN
+        if self.failures and not self.diffs and self.result is None:
+            return EXIT_INPUT
+        return EXIT_DIFFERENT
 
     def report(self) -> str:
         lines = []
@@ -1391,6 +1519,8 @@ class CheckResult:
         else:
             lines.append(f"{self.script}: records differ in {len(self.diffs)} place(s):")
             lines += ["  " + d for d in self.diffs]
+        if self.failures:
+            return "\n".join(lines)
         lines.append("  (compared: runs and nesting, names, status, metric keys/values/steps, params, tags "
                      "without system tags, artifact paths and bytes; the bridge ran with AZML_V1_BRIDGE_CHARTS=0, "
                      "AZML_V1_BRIDGE_OUTPUTS=0: its rich-metric charts and the ./outputs upload of v1 jobs have "
@@ -1438,46 +1568,98 @@ def _copy_tree(src: str, dst: str, avoid: str | None = None) -> None:
     shutil.copytree(src, dst, ignore=ignore, symlinks=True, copy_function=copy)
 
 
-def _one_line(text: str) -> str:
+def _one_line(text: str, limit: int = 400) -> str:
     """What a script's stderr says went wrong, in one line: the exception of its last
-    traceback (log lines may follow it), else its last line."""
-    lines = [line.rstrip() for line in text.splitlines() if line.strip()]
+    traceback (log lines may follow it) with its message, also when the message is on the
+    lines below (Azure ML's `UserErrorException:` then an indented `Message: ...`), else the
+    last line. Progress bars (carriage returns) are dropped."""
+    lines = [line.rsplit("\r", 1)[-1].rstrip() for line in text.splitlines()]
+    lines = [line for line in lines if line.strip()]
     starts = [i for i, line in enumerate(lines) if line.startswith("Traceback (most recent call last)")]
+    out = lines[-1].strip() if lines else "(no output)"
     if starts:
-        for line in lines[starts[-1] + 1:]:
+        rest = lines[starts[-1] + 1:]
+        for i, line in enumerate(rest):
             if not line.startswith((" ", "\t")):
-                return line.strip()
-    return lines[-1].strip() if lines else "(no output)"
+                out = line.strip()
+                if out.endswith(":") or len(out.split(":", 1)[-1].strip()) == 0:
+                    more = [x.strip() for x in rest[i + 1:i + 12] if x.startswith((" ", "\t"))]
+                    out = " ".join([out] + [m for m in more if m not in ("{", "}")])
+                break
+    out = " ".join(out.split())
+    return out if len(out) <= limit else out[:limit - 3] + "..."
 
 
 def _script_of(result: FileResult, migrated: bool = True) -> str:
-    """The migrated (or original) source as one script; a notebook's cells without magics."""
+    """The migrated (or original) source as one script; a notebook's cells without magics and
+    without the scripts its %%writefile cells write (those are checked on their own)."""
     if result.notebook is None:
         return result.new if migrated else result.old
     parts = []
-    for _, old, new in result.cells:
+    for index, old, new in result.cells:
+        if index in result.scripts:
+            continue
         code = new if migrated else old
         parts.append("\n".join(l for l in code.splitlines() if not l.lstrip().startswith(("%", "!"))))
     return "\n\n".join(parts) + "\n"
 
 
+def _written_name(target: str) -> str:
+    """Where a %%writefile script goes in --check's copy of the folder: its path when that is a
+    plain relative path inside the folder, else its file name ($folder/train.py -> train.py)."""
+    norm = posixpath.normpath(target.replace("\\", "/"))
+    if any(c in target for c in "${}") or norm.startswith(("..", "/")) or re.match(r"^[A-Za-z]:", norm):
+        return posixpath.basename(norm)
+    return norm
+
+
+def _scripts(result: FileResult, migrated: bool) -> dict:
+    """The files a notebook's %%writefile cells write: relative name -> text."""
+    out = {}
+    for index, old, new in result.cells:
+        if index in result.scripts:
+            text = new if migrated else old
+            out[_written_name(result.scripts[index])] = text.split("\n", 1)[1] if "\n" in text else ""
+    return out
+
+
+def check_all(result: FileResult, args=(), timeout: float = 600, keep: bool = False,
+              python: str | None = None) -> list:
+    """--check of a file: a script; a notebook's own cells when they changed, and each script
+    its %%writefile cells write that changed, as the script it is."""
+    if result.notebook is None:
+        return [check(result.path, args, timeout, keep, result, python)]
+    outcomes = []
+    if any(old != new for index, old, new in result.cells if index not in result.scripts):
+        outcomes.append(check(result.path, args, timeout, keep, result, python))
+    for index, old, new in result.cells:
+        if index in result.scripts and old != new:
+            outcomes.append(check(result.path, args, timeout, keep, result, python,
+                                  script_name=_written_name(result.scripts[index])))
+    return outcomes
+
+
 def check(script: str, args=(), timeout: float = 600, keep: bool = False, result: FileResult | None = None,
-          python: str | None = None) -> CheckResult:
+          python: str | None = None, script_name: str | None = None) -> CheckResult:
     """Run the original under the bridge (mlflow mode) and the migrated script with plain MLflow,
-    each into a fresh store and a fresh copy of the script's folder; compare the records."""
+    each into a fresh store and a fresh copy of the script's folder; compare the records.
+    `script_name`: a script a notebook writes (%%writefile), checked instead of the notebook."""
     script = os.path.abspath(script)
     folder = os.path.dirname(script)
+    label = f"{script} [{script_name}]" if script_name else script
     try:
         result = result or migrate_file(script)
+        if result.error and not result.changed:
+            raise ValueError(result.error)
         tmp = _check_tmp(folder)
     except Exception as exc:  # one line, never a traceback
-        return CheckResult(script, False, [], {}, [f"{script}: --check could not start: "
-                                                   f"{type(exc).__name__}: {exc}"], result)
+        return CheckResult(label, False, [], {}, [f"{label}: --check could not start: "
+                                                  f"{type(exc).__name__}: {exc}"], None)
     python = python or sys.executable
     try:
-        return _check_in(script, folder, tmp, args, timeout, result, python)
+        return _check_in(label, folder, tmp, args, timeout, result, python, script_name)
     except Exception as exc:
-        return CheckResult(script, False, [], {}, [f"{script}: --check failed: {type(exc).__name__}: {exc}"],
+        return CheckResult(label, False, [], {}, [f"{label}: --check failed: {type(exc).__name__}: {exc}"],
                            result)
     finally:
         if keep:
@@ -1486,15 +1668,24 @@ def check(script: str, args=(), timeout: float = 600, keep: bool = False, result
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _check_in(script, folder, tmp, args, timeout, result, python) -> CheckResult:
-    name = os.path.splitext(os.path.basename(script))[0] + ".py"
+def _check_in(script, folder, tmp, args, timeout, result, python, script_name=None) -> CheckResult:
+    if script_name is None:
+        name = os.path.splitext(os.path.basename(result.path))[0] + ".py"
+    else:
+        name = script_name
     procs = {}
     for side in ("original", "migrated"):
         work = os.path.join(tmp, side)
         _copy_tree(folder, work, avoid=tmp)
-        target = os.path.join(work, name)
-        with open(target, "w", encoding="utf-8") as fh:
-            fh.write(_script_of(result, migrated=False) if side == "original" else _script_of(result))
+        files = _scripts(result, migrated=side == "migrated") if result.notebook is not None else {}
+        if script_name is None:
+            files[name] = _script_of(result, migrated=side == "migrated")
+        for rel, text in files.items():
+            target = os.path.join(work, *rel.split("/"))
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            with open(target, "w", encoding="utf-8") as fh:
+                fh.write(text)
+        target = os.path.join(work, *name.split("/"))
         store = os.path.join(tmp, side + "-store")
         os.makedirs(store)
         uri = f"sqlite:///{store}/mlflow.db"
@@ -1502,30 +1693,37 @@ def _check_in(script, folder, tmp, args, timeout, result, python) -> CheckResult
                if not k.startswith("AZML_V1_BRIDGE_") and k not in (
                    "MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID", "MLFLOW_TRACKING_URI")}
         env.update(MLFLOW_TRACKING_URI=uri, MPLBACKEND="Agg", PYTHONHASHSEED="0",
-                   MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT="true")
+                   MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT="true", MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false")
+        # the bridge, importable on both sides: the migrated script uses it only where it still
+        # imports it (calls kept on Azure ML v1)
+        env.update(AZML_V1_BRIDGE_MODE="mlflow", AZML_V1_BRIDGE_CHARTS="0", AZML_V1_BRIDGE_OUTPUTS="0",
+                   AZML_V1_BRIDGE_REPORT="0", AZML_V1_BRIDGE_JOURNAL=os.path.join(store, "journal.jsonl"))
+        env["PYTHONPATH"] = PACKAGE_ROOT + os.pathsep + env.get("PYTHONPATH", "")
         if side == "original":
-            env.update(AZML_V1_BRIDGE_MODE="mlflow", AZML_V1_BRIDGE_CHARTS="0", AZML_V1_BRIDGE_OUTPUTS="0",
-                       AZML_V1_BRIDGE_REPORT="0", AZML_V1_BRIDGE_JOURNAL=os.path.join(store, "journal.jsonl"))
-            env["PYTHONPATH"] = PACKAGE_ROOT + os.pathsep + env.get("PYTHONPATH", "")
             cmd = [python, "-c", BOOT, target, *args]
         else:
             cmd = [python, target, *args]
-        procs[side] = (subprocess.Popen(cmd, cwd=work, env=env, stdout=subprocess.PIPE,
+        procs[side] = (subprocess.Popen(cmd, cwd=os.path.dirname(target), env=env, stdout=subprocess.PIPE,
                                         stderr=subprocess.PIPE, text=True), uri, work)
-    failures = []
+    failed = {}
     for side, (proc, uri, work) in procs.items():
         try:
             out, err = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
             proc.kill()
             out, err = proc.communicate()
-            failures.append(f"{script}: the {side} script did not finish in {timeout}s")
+            failed[side] = f"did not finish in {timeout}s"
             continue
         if proc.returncode != 0:
-            failures.append(f"{script}: the {side} script exited with {proc.returncode}: "
-                            f"{_one_line(err)}")
-    if failures:
-        return CheckResult(script, False, [], {}, failures, result)
+            failed[side] = f"exited with {proc.returncode}: {_one_line(err)}"
+    if "original" in failed:
+        return CheckResult(script, False, [], {}, [
+            f"{script}: the original cannot run here (under the bridge, mlflow mode): it {failed['original']}"
+            + (f"; the migrated script {failed['migrated']}" if "migrated" in failed else "")],
+            result, cannot_run=True)
+    if "migrated" in failed:
+        return CheckResult(script, False, [], {}, [
+            f"{script}: the migrated script failed where the original ran: it {failed['migrated']}"], result)
     records = {side: read_record(uri, os.path.join(tmp, side + "-download"))
                for side, (_, uri, _) in procs.items()}
     diffs = compare_records(records["original"], records["migrated"])
@@ -1534,31 +1732,57 @@ def _check_in(script, folder, tmp, args, timeout, result, python) -> CheckResult
 
 # ---------------------------------------------------------------- command line
 
-def _report_changes(results, stream) -> None:
+LABELS = {"todo": "TODO", "partial": "partial", "kept": "stays on v1"}
+
+
+def _report_changes(results, stream) -> dict:
+    """One line per call not fully rewritten and per file that could not be read; the summary."""
     for r in results:
+        if r.error:
+            print(f"{r.path}: skipped: {r.error}", file=stream)
         for c in r.todos:
-            label = "TODO" if c.kind == "todo" else "partial"
-            print(f"{c.where}: {label}: {c.site.code}: {c.message}", file=stream)
-    rewritten = sum(1 for r in results for c in r.changes if c.kind == "rewritten")
-    partial = sum(1 for r in results for c in r.changes if c.kind == "partial")
-    untouched = sum(1 for r in results for c in r.changes if c.kind == "todo")
+            print(f"{c.where}: {LABELS[c.kind]}: {c.site.code}: {c.message}", file=stream)
+    counts = {kind: sum(1 for r in results for c in r.changes if c.kind == kind)
+              for kind in ("rewritten", "partial", "todo", "kept")}
     # the TODO comments the diff adds, counted in the text itself (a note on a rewritten call
     # is a TODO comment too)
-    comments = sum(max(0, r.new.count(TODO_PREFIX) - r.old.count(TODO_PREFIX)) for r in results)
+    counts["comments"] = sum(max(0, r.new.count(TODO_PREFIX) - r.old.count(TODO_PREFIX)) for r in results)
+    counts["errors"] = sum(1 for r in results if r.error)
     changed = sum(1 for r in results if r.changed)
-    print(f"{changed} file(s) to change: {rewritten} call(s) rewritten ({partial} with a note), "
-          f"{untouched} left as is; {comments} left with a TODO comment", file=stream)
+    print(f"{changed} file(s) to change: {counts['rewritten'] + counts['partial']} call(s) rewritten "
+          f"({counts['partial']} with a note), {counts['todo']} left as is, {counts['kept']} kept on Azure ML v1 "
+          f"(served by the bridge); {counts['comments']} left with a TODO comment"
+          + (f"; {counts['errors']} file(s) could not be read or parsed" if counts["errors"] else ""),
+          file=stream)
+    return counts
+
+
+# migrate's exit codes (README: "The way out")
+EXIT_OK = 0
+EXIT_DIFFERENT = 1      # --check: the records differ (or the migrated script failed where the original ran);
+                        # --strict: something would be left unconverted
+EXIT_INPUT = 2          # no such path, or a file could not be read or parsed (the rest was done)
+EXIT_CANNOT_RUN = 3     # --check: the original script cannot run here (the cause is printed)
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog=f"{TOOL} migrate", description=(
         "Rewrite Azure ML SDK v1 tracking calls into plain MLflow code (shows a unified diff; "
-        "--write applies it; --check SCRIPT proves the rewrite by running both)."))
+        "--write applies it; --check SCRIPT proves the rewrite by running both)."),
+        epilog="exit status: 0 done (--check: equal records); 1 --check: records differ, or the migrated "
+               "script failed where the original ran; --strict: a call would be left unconverted; "
+               "2 a path is missing or a file could not be read or parsed (the others are done); "
+               "3 --check: the original cannot run here (the cause is printed)")
     parser.add_argument("paths", nargs="+", metavar="PATH")
     parser.add_argument("--write", action="store_true", help="apply the rewrite to the files")
     parser.add_argument("--check", action="store_true",
                         help="run each SCRIPT under the bridge (mlflow mode) and migrated with plain MLflow, "
                              "each into a fresh store, and compare the records")
+    parser.add_argument("--tracking-only", action=argparse.BooleanOptionalAction, default=True,
+                        help="TODO comments only for tracking (runs and their calls); control-plane code "
+                             "(workspaces, compute, data sets, submit) is left alone (default: on)")
+    parser.add_argument("--strict", action="store_true",
+                        help="exit 1 when any call would be left unconverted (a TODO, or kept on v1)")
     parser.add_argument("--args", default="", help="arguments for the script(s) under --check")
     parser.add_argument("--timeout", type=float, default=600)
     parser.add_argument("--keep", action="store_true", help="--check: keep the working folders and stores")
@@ -1566,22 +1790,22 @@ def main(argv=None) -> int:
     missing = [p for p in args.paths if not os.path.exists(p)]
     if missing:
         print(f"{TOOL} migrate: no such file or folder: {', '.join(missing)}", file=sys.stderr)
-        return 2
-    results = migrate_paths(args.paths)
+        return EXIT_INPUT
+    results = migrate_paths(args.paths, tracking_only=args.tracking_only)
+    errors = [r for r in results if r.error]
     if args.check:
         import shlex
 
-        status_ = 0
+        codes = [EXIT_INPUT] * len(errors)
+        for r in errors:
+            print(f"{r.path}: skipped: {r.error}")
         for r in results:
             if not r.changes and not r.changed:
                 continue
-            outcome = check(r.path, shlex.split(args.args), timeout=args.timeout, keep=args.keep, result=r)
-            print(outcome.report())
-            if outcome.failures:
-                status_ = max(status_, 2)
-            elif not outcome.equal:
-                status_ = max(status_, 1)
-        return status_
+            for outcome in check_all(r, shlex.split(args.args), timeout=args.timeout, keep=args.keep):
+                print(outcome.report())
+                codes.append(outcome.exit_code)
+        return combined_exit(codes)
     for r in results:
         if args.write:
             if r.changed:
@@ -1589,10 +1813,24 @@ def main(argv=None) -> int:
                     fh.write(r.new)
         else:
             sys.stdout.write(r.diff())
-    _report_changes(results, sys.stderr)
+    counts = _report_changes(results, sys.stderr)
     if args.write:
         print(f"written: {sum(1 for r in results if r.changed)} file(s)", file=sys.stderr)
-    return 0
+    if errors:
+        return EXIT_INPUT
+    if args.strict and (counts["todo"] or counts["kept"]):
+        return EXIT_DIFFERENT
+    return EXIT_OK
+
+
+# which outcome wins when several scripts are checked: a difference beats everything
+CHECK_SEVERITY = [EXIT_OK, EXIT_CANNOT_RUN, EXIT_INPUT, EXIT_DIFFERENT]
+
+
+def combined_exit(codes) -> int:
+    """--check of several scripts: 1 if any differs, else 2 if a file could not be read or
+    checked, else 3 if an original cannot run here, else 0."""
+    return max(codes, key=CHECK_SEVERITY.index, default=EXIT_OK)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -17,6 +17,7 @@ goes to when it is not the active one.
 """
 from __future__ import annotations
 
+import atexit
 import collections
 import io
 import itertools
@@ -26,18 +27,37 @@ import os
 import posixpath
 import shutil
 import tempfile
+import threading
+import time
+import types
 
 import mlflow
 
 # -- state (copied as-is; names start with _V1_ so they never meet user names)
 _V1_COUNTS = collections.defaultdict(itertools.count)
 _V1_DOCS = {}
+_V1_UNSAVED = {}  # (run id, table path) -> when it was last uploaded; tables with rows not yet uploaded
+_V1_SAVE_SECONDS = 30.0
+_V1_CLIENT = []  # [tracking URI, the helpers' MlflowClient for it]
 
 
 def _v1_run_id(run=None):
     """The run a call goes to: `run` when given, else the active MLflow run (started, as
     mlflow.log_metric would start it, when there is none yet)."""
     return (run or mlflow.active_run() or mlflow.start_run()).info.run_id
+
+
+def _v1_client():
+    """The helpers' MlflowClient for the current tracking URI: mlflow.log_metric makes a new one
+    per call, which costs more than the call itself (~1 ms against ~0.3)."""
+    uri = mlflow.get_tracking_uri()
+    if not _V1_CLIENT or _V1_CLIENT[0] != uri:
+        _V1_CLIENT[:] = [uri, mlflow.MlflowClient(uri)]
+    return _V1_CLIENT[1]
+
+
+# `run_id=run and run.info.run_id`: None for the active run. mlflow.log_metric given a run_id
+# fetches that run from the store on every call (a round trip a point).
 
 
 def _v1_step(key, run=None):
@@ -97,8 +117,8 @@ def _v1_columns(table):
             else list(cells) for col, cells in table.items()}
 
 
-def _v1_table(path, table, run=None):
-    """JSON table artifact `path` ({column: [values]}) with the rows of `table` appended:
+def _v1_rows(path, table, run=None):
+    """Table `path` ({column: [values]}) with the rows of `table` appended, kept in memory:
     v1 kept every row of a log_row / log_table name; a column missing from some rows gets nulls."""
     columns = _v1_columns(table)
     kept = _V1_DOCS.setdefault((_v1_run_id(run), path), {})
@@ -111,7 +131,35 @@ def _v1_table(path, table, run=None):
         column = kept.setdefault(col, [None] * nrows)
         column.extend(cells)
         column.extend([None] * (width - len(cells)))
-    return json.dumps(kept, indent=1, ensure_ascii=False, default=_v1_plain)
+    return kept
+
+
+def _v1_table(path, table, run=None):
+    """The JSON text of table `path` with the rows of `table` appended."""
+    return json.dumps(_v1_rows(path, table, run), indent=1, ensure_ascii=False, default=_v1_plain)
+
+
+def _v1_save_tables(every=0.0):
+    """Upload each table artifact with rows not uploaded yet (and last uploaded `every` seconds
+    ago or more). Runs at exit; call it to see the tables in MLflow sooner."""
+    now = time.monotonic()
+    for (run_id, path), last in list(_V1_UNSAVED.items()):
+        if now - last >= every:
+            del _V1_UNSAVED[run_id, path]
+            text = json.dumps(_V1_DOCS[run_id, path], indent=1, ensure_ascii=False, default=_v1_plain)
+            _v1_client().log_text(run_id, text, path)
+
+
+def _v1_log_table(path, table, run=None):
+    """Append the rows of `table` to JSON table artifact `path`. The artifact is uploaded at exit,
+    and every _V1_SAVE_SECONDS while rows keep coming: once per row, a growing table re-uploaded
+    in full made a logging loop quadratic."""
+    _v1_rows(path, table, run)
+    if not _V1_UNSAVED:  # registered after mlflow's own exit handler, so it runs first
+        atexit.unregister(_v1_save_tables)
+        atexit.register(_v1_save_tables)
+    _V1_UNSAVED.setdefault((_v1_run_id(run), path), time.monotonic())
+    _v1_save_tables(_V1_SAVE_SECONDS)
 
 
 def _v1_table_metrics(name, table, run=None):
@@ -172,15 +220,69 @@ def _v1_upload(name, source, run=None):
             shutil.copyfile(source, target)
         folder = posixpath.dirname(name) or None
         if os.path.isdir(target):
-            mlflow.log_artifacts(target, name, run_id=_v1_run_id(run))
+            mlflow.log_artifacts(target, name, run_id=run and run.info.run_id)
         else:
-            mlflow.log_artifact(target, folder, run_id=_v1_run_id(run))
+            mlflow.log_artifact(target, folder, run_id=run and run.info.run_id)
+
+
+def _v1_log_list(key, values, listed, run=None):
+    """run.log_list (or run.log of a list) of values known only at run time: one metric point
+    per element when all are numbers, else JSON list artifact `listed` extended by them."""
+    values = list(values)
+    numbers_ = [_v1_number(v) for v in values]
+    if None in numbers_:
+        mlflow.log_text(_v1_list(listed, values, run), listed, run_id=run and run.info.run_id)
+        return
+    for number in numbers_:
+        _v1_client().log_metric(_v1_run_id(run), key, number, step=_v1_step(key, run))
+
+
+def _v1_log(key, value, text, listed, step=None, run=None):
+    """run.log of a value whose type shows only at run time, as v1 recorded it: a number is a
+    metric point (the step per run and key unless given), a list one point per element (a JSON
+    list artifact `listed` when not all numbers), anything else a line of text artifact `text`."""
+    number = _v1_number(value)
+    if number is not None:
+        step = _v1_step(key, run) if step is None else step
+        _v1_client().log_metric(_v1_run_id(run), key, number, step=step)
+    elif isinstance(value, (list, tuple, range, types.GeneratorType)):
+        _v1_log_list(key, value, listed, run)
+    else:
+        mlflow.log_text(_v1_text(text, value, run), text, run_id=run and run.info.run_id)
+
+
+def _v1_end(run, status="FINISHED"):
+    """End `run` with `status`: MLflow's active run by mlflow.end_run (the run it was nested in
+    is active again, as in v1), any other by the client."""
+    active = mlflow.active_run()
+    if active is not None and active.info.run_id == run.info.run_id:
+        mlflow.end_run(status)
+    else:
+        mlflow.MlflowClient().set_terminated(run.info.run_id, status)
+
+
+def _v1_background():
+    """Metrics go out in the background, gathered a second at a time, as v1's client sent them:
+    one store round trip a point made a logging loop several times slower than under the bridge.
+    What is left is sent when the script ends, ended run or not: MLflow's own exit handler comes
+    after Python has stopped the threads that send (it asks for mlflow.end_run()), so the flush is
+    hooked where concurrent.futures hooks its own shutdown. Without that hook: sent as it comes."""
+    hook = getattr(threading, "_register_atexit", None)
+    if hook is None or not hasattr(mlflow, "flush_async_logging"):  # an MLflow before async logging
+        return
+    os.environ.setdefault("MLFLOW_ASYNC_LOGGING_BUFFERING_SECONDS", "1")
+    # one sender, batches in order: ten (MLflow's default) fight over an sqlite store's lock
+    os.environ.setdefault("MLFLOW_ASYNC_LOGGING_THREADPOOL_SIZE", "1")
+    hook(mlflow.flush_async_logging)  # runs before the senders' thread pools shut down
+    mlflow.config.enable_async_logging()
 
 
 # helper -> (helpers and state it uses, modules it imports). migrate.py copies the closure.
 HELPERS = {
     "_V1_COUNTS": ((), ("collections", "itertools")),
     "_V1_DOCS": ((), ()),
+    "_V1_UNSAVED": ((), ()),
+    "_V1_SAVE_SECONDS": ((), ()),
     "_v1_run_id": ((), ("mlflow",)),
     "_v1_step": (("_V1_COUNTS", "_v1_run_id"), ()),
     "_v1_row": (("_V1_COUNTS", "_v1_run_id"), ()),
@@ -191,10 +293,21 @@ HELPERS = {
     "_v1_text": (("_V1_DOCS", "_v1_run_id"), ()),
     "_v1_list": (("_V1_DOCS", "_v1_run_id", "_v1_plain"), ("json",)),
     "_v1_columns": ((), ()),
-    "_v1_table": (("_V1_DOCS", "_v1_run_id", "_v1_plain", "_v1_columns"), ("json",)),
+    "_v1_rows": (("_V1_DOCS", "_v1_run_id", "_v1_columns"), ()),
+    "_v1_table": (("_v1_rows", "_v1_plain"), ("json",)),
+    "_V1_CLIENT": ((), ()),
+    "_v1_client": (("_V1_CLIENT",), ("mlflow",)),
+    "_v1_save_tables": (("_V1_DOCS", "_V1_UNSAVED", "_v1_plain", "_v1_client"), ("json", "time")),
+    "_v1_log_table": (("_V1_DOCS", "_V1_UNSAVED", "_V1_SAVE_SECONDS", "_v1_rows", "_v1_run_id",
+                       "_v1_save_tables"), ("atexit", "time")),
+    "_v1_end": ((), ("mlflow",)),
+    "_v1_background": ((), ("os", "threading", "mlflow")),
+    "_v1_log_list": (("_v1_number", "_v1_step", "_v1_list", "_v1_client", "_v1_run_id"), ("mlflow",)),
+    "_v1_log": (("_v1_number", "_v1_step", "_v1_log_list", "_v1_text", "_v1_client", "_v1_run_id"),
+                ("types", "mlflow")),
     "_v1_table_metrics": (("_v1_row", "_v1_number", "_v1_columns"), ()),
     "_v1_json": (("_v1_plain",), ("json",)),
     "_v1_figure": ((), ("io",)),
     "_v1_image_name": (("_v1_numbered",), ("posixpath",)),
-    "_v1_upload": (("_v1_run_id",), ("os", "posixpath", "shutil", "tempfile", "mlflow")),
+    "_v1_upload": ((), ("os", "posixpath", "shutil", "tempfile", "mlflow")),
 }

@@ -47,6 +47,16 @@ READ_ATTRIBUTES = frozenset((
     "id", "name", "number", "parent", "experiment", "properties", "tags", "status", "type",
     "portal_url", "identity", "display_name", "description",
 ))
+# What makes a run feed other Azure ML code: read from it, or called on it, these give Azure ML
+# objects (a workspace, data sets, secrets, an environment). Such a run stays a v1 run.
+FEEDS_ATTRIBUTES = frozenset(("experiment", "input_datasets", "output_datasets", "parent", "service_context"))
+FEEDS_METHODS = frozenset(("get_secret", "get_secrets", "get_environment", "get_submitted_run"))
+# Methods of Azure ML objects that return plain data (a DataFrame, a dict): not Azure ML objects.
+PLAIN_DATA_METHODS = frozenset((
+    "to_pandas_dataframe", "to_spark_dataframe", "to_dask_dataframe", "get_metrics", "get_details",
+    "get_tags", "get_properties", "get_status", "get_file_names", "keys", "values", "items",
+    "serialize", "to_json", "as_dict", "get_logs", "download", "download_files", "to_path",
+))
 PROPERTY_METHODS = ("display_name", "description")  # set as attributes, mapped by translate
 WITH_METHODS = ("__enter__", "__exit__")
 LIST_OR_DICT = {"log_list": "list", "log_table": "dict", "log_confusion_matrix": "dict",
@@ -71,6 +81,14 @@ class Unit:
     module: cst.Module | None = None
     wrapper: MetadataWrapper | None = None
     error: str | None = None
+    writefile: str | None = None  # a `%%writefile PATH` cell: the script it writes (its own namespace)
+    head: str = ""                # that cell's first line, kept as it is
+
+    @property
+    def label(self) -> str:
+        if self.cell is None:
+            return ""
+        return f"[cell {self.cell}" + (f": {self.writefile}" if self.writefile else "") + "]"
 
 
 def hide_magics(source: str) -> str:
@@ -107,7 +125,14 @@ def read_units(path: str) -> tuple[list[Unit], dict | None]:
                 continue
             source = cell_source(cell)
             if source.lstrip().startswith("%%"):
-                continue  # a cell magic: the cell is not Python
+                head, newline, body = source.lstrip().partition("\n")
+                words = head.split()
+                target = next((w for w in words[1:] if not w.startswith("-")), "")
+                if words[0] == "%%writefile" and target.endswith(".py"):
+                    # the training script of the notebook: scanned and migrated as its own file
+                    lead = source[:len(source) - len(source.lstrip())]
+                    units.append(Unit(path, index, body, writefile=target, head=lead + head + newline))
+                continue  # another cell magic: the cell is not Python
             units.append(Unit(path, index, hide_magics(source)))
         return units, notebook
     return [Unit(path, None, text)], None
@@ -196,11 +221,10 @@ class Site:
 
     @property
     def where(self) -> str:
-        cell = f"[cell {self.unit.cell}]" if self.unit.cell is not None else ""
-        return f"{self.unit.path}{cell}:{self.line}"
+        return f"{self.unit.path}{self.unit.label}:{self.line}"
 
     def to_json(self) -> dict:
-        return {"file": self.unit.path, "cell": self.unit.cell, "line": self.line,
+        return {"file": self.unit.path, "cell": self.unit.cell, "writefile": self.unit.writefile, "line": self.line,
                 "column": self.column, "kind": self.kind, "method": self.method,
                 "code": self.code, "maps_to": self.maps_to, "flag": self.flag,
                 "mapped": self.mapped}
@@ -310,6 +334,8 @@ class Analysis:
         self.found_param_runs: dict[str, set] = {}
         self.get_context_sites = 0
         self.class_runs: dict[str, dict] = {}  # class -> {attribute: Binding} of self.<attribute> runs
+        self.feeds: dict[str, str] = {}         # run name -> how it feeds other Azure ML code (first use)
+        self.param_sources: dict = {}           # (function, slot) -> run names passed there
 
     # -- names
     def qualified(self, node) -> str | None:
@@ -356,6 +382,13 @@ class Analysis:
                     return "run", "child_run"
                 if attr == "create_children" and self.is_run(func.value):
                     return "runlist", "create_children"
+                if attr == "submit" and (self.is_experiment(func.value) or re.search(
+                        r"exp", dotted(func.value) or "", re.I)):
+                    return "run", "remote"  # a job Azure ML runs elsewhere
+                if attr == "get" and self.is_class(func.value, "Run"):
+                    return "run", "remote"
+            if self.is_class(func, "Run"):
+                return "run", "remote"  # Run(experiment, run_id): a run fetched by id
             if self.is_class(func, "Experiment"):
                 return "experiment", "Experiment"
             if self.is_azureml(func):
@@ -371,6 +404,11 @@ class Analysis:
             if b is not None and b.kind == "runlist":
                 return "run", "create_children"
             return None
+        if isinstance(node, (cst.ListComp, cst.GeneratorExp)) and self.is_run(node.elt):
+            return "runlist", "create_children"  # [run.child_run(...) for ...]: runs of MlflowClient
+        if isinstance(node, (cst.List, cst.Tuple)) and node.elements and all(
+                not isinstance(e, cst.StarredElement) and self.is_run(e.value) for e in node.elements):
+            return "runlist", "create_children"
         b = self.binding_of(node)
         if b is not None:
             return b.kind, b.origin
@@ -472,12 +510,20 @@ class Analysis:
             if isinstance(receiver, cst.Call):
                 return None  # a chained Run.get_context().log(...): the active (or a new) run
             return cst.Module([]).code_for_node(receiver)  # children[0].log(...)
+        binding = self.bindings.get(key) or self.seeds.get(key)
+        if binding is not None and binding.origin == "param":
+            return key  # whatever run the caller passed (analyse() may route it to the active run)
         if self.stack and self.stack[-1] == key:
             return None
-        binding = self.bindings.get(key) or self.seeds.get(key)
-        if not self.stack and binding is not None and binding.origin in ("get_context", "start_logging", "param", "child_run"):
+        if not self.stack and binding is not None and binding.origin in ("get_context", "start_logging", "child_run"):
             return None
         return key
+
+    def feed(self, run_node, what: str, line: int) -> None:
+        """`run_node` (a run) feeds other Azure ML code here."""
+        key = dotted(run_node)
+        if key is not None and self.expr_kind(run_node) != ("run", "remote"):
+            self.feeds.setdefault(key, f"{what} at line {line}")
 
 
 class _Visitor(cst.CSTVisitor):
@@ -518,6 +564,12 @@ class _Visitor(cst.CSTVisitor):
         site = Site(self.unit, p.line, p.column, kind, method, self.code(node), node=node,
                     stmt=self.statement(node), in_loop=self.loops > 0 or len(self.scopes) > 1,
                     **fields)
+        if len(self.scopes) > 1:
+            site.extra["function"] = self.scopes[-1].rsplit(":", 1)[-1]
+        if site.receiver is not None:
+            kind = self.a.expr_kind(site.receiver)
+            if kind is not None:
+                site.extra["origin"] = kind[1]  # the run as bound here, not at the end of the file
         self.a.sites.append(site)
         return site
 
@@ -643,6 +695,9 @@ class _Visitor(cst.CSTVisitor):
 
     def leave_Assign(self, node: cst.Assign) -> None:
         kind = self.a.expr_kind(node.value)
+        if kind is not None and kind[0] == "azureml" and isinstance(node.value, cst.Call) \
+                and isinstance(node.value.func, cst.Attribute) and node.value.func.attr.value in PLAIN_DATA_METHODS:
+            kind = None  # df = dataset.to_pandas_dataframe(): df.head() is pandas, not Azure ML
         for target in node.targets:
             t = target.target
             name = dotted(t)
@@ -660,6 +715,9 @@ class _Visitor(cst.CSTVisitor):
                         self.a.bindings[f"{name}.{attr}"] = b
                 continue
             binding = Binding(kind[0], kind[1])
+            producer = self.site_for_call.get(node.value)
+            if producer is not None and producer.method == "get_context":
+                producer.extra.setdefault("names", []).append(name)
             if self.classes and name.startswith("self."):  # Trainer().run is this run too
                 self.a.class_runs.setdefault(self.classes[-1], {})[name[5:]] = binding
             if kind[0] == "experiment" and isinstance(node.value, cst.Call):
@@ -736,6 +794,14 @@ class _Visitor(cst.CSTVisitor):
     def visit_Call(self, node: cst.Call) -> None:
         self.note_param_runs(node)
         func = node.func
+        if isinstance(func, cst.Attribute) and func.attr.value in ("append", "insert") and node.args \
+                and self.a.is_run(node.args[-1].value) and dotted(func.value):
+            self.a.bindings[dotted(func.value)] = Binding("runlist", "create_children")  # runs.append(child)
+        if node.args and (self.a.is_azureml(func) or (isinstance(func, cst.Attribute) and (
+                self.a.expr_kind(func.value) or ("",))[0] in ("azureml", "experiment"))):
+            for arg in node.args:
+                if self.a.is_run(arg.value):
+                    self.a.feed(arg.value, f"{self.code(func)}(run)", self.pos(node).line)
         if isinstance(func, cst.Attribute):
             attr = func.attr.value
             receiver = func.value
@@ -762,9 +828,18 @@ class _Visitor(cst.CSTVisitor):
             return  # Run.get_context(), Workspace.from_config(): reported as calls
         if isinstance(parent, cst.Call) and parent.func is node:
             return  # Experiment(ws, name): reported as a call
-        if isinstance(parent, (cst.Attribute, cst.AssignTarget, cst.ImportAlias)):
+        if isinstance(parent, (cst.Attribute, cst.AssignTarget, cst.ImportAlias, cst.ExceptHandler)):
+            return  # `except ComputeTargetException:` is not about runs
+        if isinstance(parent, cst.Element) and isinstance(self.parent(parent), cst.Tuple) \
+                and isinstance(self.parent(self.parent(parent)), cst.ExceptHandler):
             return
-        self.add(node, "outside", node.value, maps_to="left as is (not tracking)",
+        kind = "outside"
+        if isinstance(parent, cst.Arg):
+            call = self.parent(parent)
+            if isinstance(call, cst.Call) and dotted(call.func) in ("isinstance", "issubclass") and any(
+                    self.a.is_run(a.value) for a in call.args):
+                kind = "unmapped"  # isinstance(run, _OfflineRun): about a run, so tracking
+        self.add(node, kind, node.value, maps_to="left as is (not tracking)",
                  flag=f"uses Azure ML's {node.value} ({qualified}): keeps azureml-core; an MLflow run is "
                       f"never one", mapped=False).todo = (
             f"uses Azure ML's {node.value}: an MLflow run is never one, and it keeps azureml-core")
@@ -778,6 +853,10 @@ class _Visitor(cst.CSTVisitor):
         attr = node.attr.value
         if self.a.is_run(node):
             return  # `self.run` itself is a run, not something read from one
+        if self.a.expr_kind(node.value) == ("run", "remote"):
+            return  # a submitted job's run: control plane
+        if attr in FEEDS_ATTRIBUTES:
+            self.a.feed(node.value, f"run.{attr}", self.pos(node).line)
         if isinstance(parent, cst.AssignTarget):
             return  # run.display_name = ...: a property set, handled with the assignment
         if attr in READ_ATTRIBUTES:
@@ -789,6 +868,22 @@ class _Visitor(cst.CSTVisitor):
                             flag=f"run.{attr} has no MLflow mapping", mapped=False, receiver=node.value)
         site.todo = site.flag
 
+    def in_container(self, node) -> bool:
+        """A child run made into a list (a comprehension, a list literal, `.append()`): runs that
+        live side by side, not one nested in the other."""
+        parent = self.parent(node)
+        if isinstance(parent, (cst.ListComp, cst.GeneratorExp, cst.SetComp)) and parent.elt is node:
+            return True
+        if isinstance(parent, cst.Element):
+            return True
+        if isinstance(parent, cst.DictElement) and parent.value is node:
+            return True
+        if isinstance(parent, cst.Arg):
+            call = self.parent(parent)
+            return isinstance(call, cst.Call) and isinstance(call.func, cst.Attribute) \
+                and call.func.attr.value in ("append", "insert")
+        return False
+
     def note_param_runs(self, node: cst.Call) -> None:
         """`train(run)` where train is defined in this file: train's parameter is a run too."""
         func = node.func
@@ -799,8 +894,9 @@ class _Visitor(cst.CSTVisitor):
         for i, arg in enumerate(node.args):
             if arg.star or not self.a.is_run(arg.value):
                 continue
-            self.a.found_param_runs.setdefault(name, set()).add(
-                arg.keyword.value if arg.keyword is not None else i + (1 if isinstance(func, cst.Attribute) else 0))
+            slot = arg.keyword.value if arg.keyword is not None else i + (1 if isinstance(func, cst.Attribute) else 0)
+            self.a.found_param_runs.setdefault(name, set()).add(slot)
+            self.a.param_sources.setdefault(name, set()).add((dotted(arg.value), self.a.expr_kind(arg.value)[1]))
 
     def producer(self, node: cst.Call, attr: str, receiver) -> None:
         if attr == "get_context":
@@ -818,6 +914,21 @@ class _Visitor(cst.CSTVisitor):
         self.describe(site)
 
     def run_call(self, node: cst.Call, attr: str, receiver) -> None:
+        if self.a.expr_kind(receiver) == ("run", "remote"):
+            if attr in translate.TRANSLATORS:
+                why = ("a run of experiment.submit() (or fetched by id) is a job Azure ML runs, not a run "
+                       "this script makes: the call stays on Azure ML v1 (the bridge serves it)")
+                site = self.add(node, "call", attr, receiver=receiver, maps_to="left on v1", flag=why,
+                                mapped=False)
+                site.todo = why
+                site.extra["v1"] = True
+            else:
+                self.add(node, "outside", attr, maps_to="left as is (not tracking)",
+                         flag=f"Azure ML call outside tracking (a submitted run's {attr}): keeps azureml-core",
+                         mapped=False)
+            return
+        if attr in FEEDS_METHODS:
+            self.a.feed(receiver, f"run.{attr}()", self.pos(node).line)
         if attr in translate.TRANSLATORS and attr not in WITH_METHODS + PROPERTY_METHODS + ("start_logging",):
             site = self.add(node, "call", attr, receiver=receiver)
             site.extra["statement"] = isinstance(self.parent(node), cst.Expr)
@@ -827,7 +938,7 @@ class _Visitor(cst.CSTVisitor):
             if attr == "child_run":
                 parent_key = dotted(receiver)
                 top = self.a.stack[-1] if self.a.stack else None
-                site.extra["client"] = not (top is None or top == parent_key)
+                site.extra["client"] = not (top is None or top == parent_key) or self.in_container(node)
             if attr in ("complete", "fail", "cancel"):
                 key = dotted(receiver)
                 if key:
@@ -1071,10 +1182,17 @@ class FileScan:
     notebook: dict | None
     analysis: Analysis | None
     sites: list
+    error: str = ""   # the file could not be read or parsed: one line
+
+    @property
+    def groups(self) -> list:
+        """Units that share one namespace: a notebook's cells; each `%%writefile` script alone."""
+        main = [u for u in self.units if u.writefile is None]
+        return ([main] if main else []) + [[u] for u in self.units if u.writefile is not None]
 
     @property
     def unmapped(self) -> list:
-        return [s for s in self.sites if not s.mapped]
+        return [s for s in self.sites if not s.mapped and not s.extra.get("v1")]
 
 
 def analyse(units: list[Unit]) -> Analysis:
@@ -1110,8 +1228,42 @@ def analyse(units: list[Unit]) -> Analysis:
             site.extra.setdefault("origin", b.origin if b else None)
         if site.kind == "call" and site.method == "log" and "step" in site.args and site.mapped:
             describe_site(site)
+    _keep_runs_that_feed_azure_ml(analysis)
     _mark_once(analysis)
     return analysis
+
+
+def _keep_runs_that_feed_azure_ml(analysis: Analysis) -> None:
+    """A run whose object other Azure ML code needs (`run.experiment.workspace`, `run.input_datasets`,
+    `ExplanationClient.from_run(run)`) stays a v1 run: its Run.get_context() is kept, what it feeds
+    works as before, and its tracking calls go to MLflow's active run. A function given a run of
+    experiment.submit() keeps its calls on v1."""
+    kept = {}
+    for site in analysis.sites:
+        if site.method == "get_context" and site.kind == "run":
+            for name in site.extra.get("names", ()):
+                if name in analysis.feeds:
+                    kept[name] = analysis.feeds[name]
+                    site.extra["keep"] = (f"{name} feeds other Azure ML code ({analysis.feeds[name]}): it "
+                                          "stays a v1 run for that; its tracking calls go to MLflow")
+                    site.maps_to = "stays a v1 run (mlflow.start_run() is put before it for the tracking calls)"
+                    site.flag = site.extra["keep"]
+    remote_fns = {fn for fn, sources in analysis.param_sources.items() if any(o == "remote" for _, o in sources)}
+    kept_fns = {fn for fn, sources in analysis.param_sources.items() if any(n in kept for n, _ in sources)}
+    for site in analysis.sites:
+        key = dotted(site.receiver) if site.receiver is not None else None
+        fn = site.extra.get("function")
+        param = site.extra.get("origin") == "param"
+        if key in kept or (param and fn in kept_fns):
+            if site.kind in ("read", "unmapped") and site.method != "register_model":
+                site.extra["v1"] = True  # a v1 run: what it reads still works
+                site.maps_to, site.flag, site.todo = "left as it is: the run stays a v1 run", "", ""
+            site.route = None
+        if param and fn in remote_fns and site.kind == "call":
+            why = (f"{fn}() is given a run of experiment.submit(): a job Azure ML runs, not a run this "
+                   "script makes; the call stays on Azure ML v1 (the bridge serves it)")
+            site.mapped, site.todo, site.flag, site.maps_to = False, why, why, "left on v1"
+            site.extra["v1"] = True
 
 
 def _function_params(units) -> dict:
@@ -1192,20 +1344,36 @@ def _mark_once(analysis: Analysis) -> None:
 def scan_file(path: str) -> FileScan:
     try:
         units, notebook = read_units(path)
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        unit = Unit(path, None, "")
-        site = Site(unit, 0, 0, "error", "read", "", maps_to="", flag=f"could not read: {exc}", mapped=False)
-        return FileScan(path, [unit], None, None, [site])
+    except UnicodeDecodeError as exc:
+        why = f"could not read: not UTF-8 (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); " \
+              "save it as UTF-8 to scan it"
+        return _unreadable(path, why)
+    except (OSError, ValueError) as exc:
+        return _unreadable(path, f"could not read: {type(exc).__name__}: {exc}")
     if not any("azureml" in u.source or "azml_v1_bridge" in u.source for u in units):
         return FileScan(path, units, notebook, None, [])  # no v1 import: nothing can be bound to a v1 run
     parse_units(units)
-    analysis = analyse(units)
-    sites = [s for s in analysis.sites]
+    fs = FileScan(path, units, notebook, None, [])
+    sites = []
+    for group in fs.groups:
+        analysis = analyse(group)
+        fs.analysis = fs.analysis or analysis
+        sites += analysis.sites
+    errors = []
     for unit in units:
         if unit.error is not None and ("azureml" in unit.source or "Run." in unit.source):
             sites.append(Site(unit, 0, 0, "error", "parse", "", flag=unit.error, mapped=False))
+            errors.append(f"{unit.label} {unit.error}".strip())
+    fs.error = "; ".join(errors)
     sites.sort(key=lambda s: (units.index(s.unit), s.line, s.column))
-    return FileScan(path, units, notebook, analysis, sites)
+    fs.sites = sites
+    return fs
+
+
+def _unreadable(path: str, why: str) -> FileScan:
+    unit = Unit(path, None, "")
+    site = Site(unit, 0, 0, "error", "read", "", maps_to="", flag=why, mapped=False)
+    return FileScan(path, [unit], None, None, [site], error=why)
 
 
 def scan_paths(paths) -> list[FileScan]:
@@ -1220,13 +1388,24 @@ def _rows(scans):
             yield fs, s
 
 
+TRACKING_KINDS = ("run", "call", "with", "property", "read", "unmapped")
+
+
 def summary(scans) -> dict:
+    """Counts that mean what they say: `mapped` and `unmapped` are tracking sites (runs, calls on
+    runs, read-backs), never import lines nor control-plane calls, which are counted apart."""
     files = [fs for fs in scans if fs.sites]
     sites = [s for _, s in _rows(scans)]
+    tracking = [s for s in sites if s.kind in TRACKING_KINDS]
     return {"files_scanned": len(scans), "files_with_v1": len(files), "sites": len(sites),
-            "mapped": sum(1 for s in sites if s.mapped),
-            "flagged": sum(1 for s in sites if s.mapped and s.flag),
-            "unmapped": sum(1 for s in sites if not s.mapped)}
+            "tracking": len(tracking),
+            "mapped": sum(1 for s in tracking if s.mapped),
+            "flagged": sum(1 for s in tracking if s.mapped and s.flag),
+            "unmapped": sum(1 for s in tracking if not s.mapped and not s.extra.get("v1")),
+            "kept_on_v1": sum(1 for s in tracking if s.extra.get("v1")),
+            "imports": sum(1 for s in sites if s.kind == "import"),
+            "control_plane": sum(1 for s in sites if s.kind == "outside"),
+            "unreadable": sum(1 for fs in scans if fs.error)}
 
 
 def format_json(scans) -> str:
@@ -1245,7 +1424,7 @@ def format_table(scans) -> str:
         if not fs.sites:
             continue
         lines.append(f"{fs.path}  ({len(fs.sites)} v1 sites, {len(fs.unmapped)} unmapped)")
-        rows = [(f"{s.line}" + (f" [cell {s.unit.cell}]" if s.unit.cell is not None else ""),
+        rows = [(f"{s.line}" + (f" {s.unit.label}" if s.unit.cell is not None else ""),
                  _call_text(s), s.maps_to or "—", ("!! " if not s.mapped else "! ") + s.flag if s.flag else "")
                 for s in fs.sites]
         width = [max(len(r[i]) for r in rows) for i in range(2)]
@@ -1256,10 +1435,18 @@ def format_table(scans) -> str:
             if r[3]:
                 lines.append(f"  {'':>{width[0]}}  {'':<{width[1]}}     {r[3]}")
         lines.append("")
-    s = summary(scans)
-    lines.append(f"{s['files_with_v1']} of {s['files_scanned']} files use Azure ML v1: {s['sites']} sites, "
-                 f"{s['mapped']} mapped ({s['flagged']} flagged), {s['unmapped']} unmapped")
+    lines.append(summary_line(scans))
     return "\n".join(lines)
+
+
+def summary_line(scans) -> str:
+    s = summary(scans)
+    line = (f"{s['files_with_v1']} of {s['files_scanned']} files use Azure ML v1: {s['tracking']} tracking sites, "
+            f"{s['mapped']} mapped ({s['flagged']} flagged), {s['unmapped']} unmapped, {s['kept_on_v1']} kept on v1; "
+            f"besides: {s['imports']} import lines, {s['control_plane']} control-plane calls (left as they are)")
+    if s["unreadable"]:
+        line += f"; {s['unreadable']} file(s) could not be read or parsed"
+    return line
 
 
 def _md(text: str) -> str:
@@ -1269,19 +1456,20 @@ def _md(text: str) -> str:
 def format_markdown(scans) -> str:
     s = summary(scans)
     out = ["# Azure ML SDK v1 → MLflow migration", "",
-           f"{s['files_with_v1']} of {s['files_scanned']} files use Azure ML v1 tracking: "
-           f"**{s['sites']}** sites, {s['mapped']} mapped by the bridge ({s['flagged']} flagged), "
-           f"**{s['unmapped']}** need a decision.", ""]
+           f"{s['files_with_v1']} of {s['files_scanned']} files use Azure ML v1: **{s['tracking']}** tracking "
+           f"sites, {s['mapped']} mapped by the bridge ({s['flagged']} flagged), **{s['unmapped']}** need a "
+           f"decision, {s['kept_on_v1']} kept on v1; besides, {s['imports']} import lines and "
+           f"{s['control_plane']} control-plane calls.", ""]
     for fs in scans:
         if not fs.sites:
             continue
         out += [f"## `{fs.path}`", "", "| line | v1 call | MLflow | attention |", "|---:|---|---|---|"]
         for site in fs.sites:
-            line = f"{site.line}" + (f" (cell {site.unit.cell})" if site.unit.cell is not None else "")
+            line = f"{site.line}" + (f" {site.unit.label}" if site.unit.cell is not None else "")
             mark = ("❌ " if not site.mapped else "⚠️ ") + site.flag if site.flag else ""
             out.append(f"| {line} | `{_md(site.code)}` | {_md(site.maps_to or '—')} | {_md(mark)} |")
         out.append("")
-        todo = [x for x in fs.sites if not x.mapped]
+        todo = fs.unmapped
         if todo:
             out.append("- [ ] " + f"decide on {len(todo)} unmapped site(s) in `{fs.path}`")
             out.append("")
@@ -1295,16 +1483,25 @@ def main(argv=None) -> int:
     parser.add_argument("paths", nargs="+", metavar="PATH", help="files or folders (.py, .ipynb)")
     parser.add_argument("--format", choices=("table", "json", "markdown"), default="table")
     parser.add_argument("--strict", action="store_true",
-                        help="exit 1 when a call cannot be mapped (read-backs, calls outside tracking, ...)")
+                        help="exit 1 when a tracking call cannot be mapped (read-backs, unmapped run methods, ...)")
+    parser.add_argument("--tracking-only", action="store_true",
+                        help="list tracking only: runs, their calls and read-backs (no control-plane calls "
+                             "such as workspaces, compute, data sets, submit)")
     args = parser.parse_args(argv)
     missing = [p for p in args.paths if not os.path.exists(p)]
     if missing:
         print(f"{TOOL} scan: no such file or folder: {', '.join(missing)}", file=sys.stderr)
         return 2
     scans = scan_paths(args.paths)
+    if args.tracking_only:
+        for fs in scans:
+            fs.sites = [site for site in fs.sites if site.kind != "outside"]
     text = {"table": format_table, "json": format_json, "markdown": format_markdown}[args.format](scans)
     print(text)
-    if args.strict and summary(scans)["unmapped"]:
+    for fs in scans:
+        if fs.error:
+            print(f"{fs.path}: skipped: {fs.error}", file=sys.stderr)
+    if args.strict and (summary(scans)["unmapped"] or summary(scans)["unreadable"]):
         return 1
     return 0
 

@@ -179,13 +179,13 @@ def test_routes_runs_that_are_not_the_active_one():
     assert 'with mlflow.start_run(run_name="train", nested=True) as trainer:' in new
     assert ('mlflow.log_metric("rows", 5, step=_v1_step("rows", shards[0]), run_id=shards[0].info.run_id)'
             in new)
-    assert 'mlflow.MlflowClient().set_terminated(shards[1].info.run_id, "KILLED")' in new
+    assert '_v1_end(shards[1], "KILLED")' in new
     assert 'mlflow.MlflowClient().set_tag(shards[0].info.run_id, "azureml.v1.error_details", "shard a failed")' in new
 
 
 def test_calls_without_a_native_form_get_a_todo_and_are_listed(capsys):
     path = os.path.join(LEGACY, "workspace_reads.py")
-    r = migrate.migrate_file(path)
+    r = migrate.migrate_file(path, tracking_only=False)
     lines = r.new.splitlines()
     for call in ("metrics = run.get_metrics()", 'print("run id:", run.id)', "run.log(*args)",
                  "ws = Workspace.from_config()"):
@@ -198,12 +198,19 @@ def test_calls_without_a_native_form_get_a_todo_and_are_listed(capsys):
     assert ('mlflow.register_model(mlflow.active_run().info.artifact_uri + "/outputs/model.pkl", "model")'
             in r.new)
     assert len([c for c in r.todos if c.kind == "todo"]) == 8
-    assert migrate.main([path]) == 0
+    assert migrate.main([path, "--no-tracking-only"]) == 0
     captured = capsys.readouterr()
     assert captured.out.startswith("--- a/")
     assert "workspace_reads.py:12: TODO: run.get_metrics(): read-back" in captured.err
     assert r.new.count(scan.TODO_PREFIX) == 8
-    assert "5 call(s) rewritten (0 with a note), 8 left as is; 8 left with a TODO comment" in captured.err
+    assert "5 call(s) rewritten (0 with a note), 8 left as is, 0 kept on Azure ML v1 (served by the bridge); " \
+           "8 left with a TODO comment" in captured.err
+    # tracking first (the default): the workspace, experiment and data set lines get no TODO
+    tracking = migrate.migrate_file(path)
+    assert tracking.new.count(scan.TODO_PREFIX) == 4
+    assert "ws = Workspace.from_config()\n" in tracking.new and \
+        scan.TODO_PREFIX + "Azure ML call outside" not in tracking.new
+    assert migrate.main([path, "--strict"]) == 1
 
 
 def test_rich_metrics_are_rewritten_with_a_note_about_the_chart():
@@ -348,7 +355,7 @@ def test_check_on_the_command_line(tmp_path, capsys, monkeypatch):
     script.write_text("from azureml.core import Run\nrun = Run.get_context()\nrun.log('loss', 1.0)\n")
     seen = []
 
-    def fake_check(path, args=(), timeout=600, keep=False, result=None):
+    def fake_check(path, args=(), timeout=600, keep=False, result=None, python=None):
         seen.append((path, args, result.changed))
         return migrate.CheckResult(path, False, ["run #1: metric 'loss': [(0, 1.0)] vs [(1, 1.0)]"], {}, [], result)
 
@@ -386,10 +393,10 @@ def test_check_reports_a_failing_script_in_one_line(tmp_path):
     script.write_text("from azureml.core import Run\nrun = Run.get_context()\nrun.log('x', 1)\n"
                       "raise ValueError('no data here')\n")
     result = migrate.check(str(script), timeout=300)
-    assert len(result.failures) == 2
-    for line in result.failures:
-        assert "\n" not in line and "Traceback" not in line
-        assert line.endswith("ValueError: no data here")
+    (line,) = result.failures
+    assert "\n" not in line and "Traceback" not in line
+    assert "the original cannot run here" in line and line.endswith("ValueError: no data here")
+    assert result.exit_code == migrate.EXIT_CANNOT_RUN == 3
 
 
 def test_check_of_an_unreadable_script_is_one_line(tmp_path):

@@ -157,11 +157,12 @@ def test_table_output_and_strict(capsys):
     assert scan.main([legacy("train_metrics.py")]) == 0
     out = capsys.readouterr().out
     assert "run.log(\"loss\", loss)" in out and "-> metric loss" in out
-    assert "17 sites, 17 mapped (3 flagged), 0 unmapped" in out
+    # the numbers mean what they say: the import line is not a mapped call
+    assert "16 tracking sites, 16 mapped (3 flagged), 0 unmapped, 0 kept on v1; besides: 1 import lines" in out
     assert scan.main(["--strict", legacy("train_metrics.py")]) == 0
     capsys.readouterr()
     assert scan.main(["--strict", legacy("workspace_reads.py")]) == 1
-    assert "9 unmapped" in capsys.readouterr().out
+    assert "5 unmapped" in capsys.readouterr().out
 
 
 def test_json_output_of_a_folder(capsys, tmp_path):
@@ -171,9 +172,11 @@ def test_json_output_of_a_folder(capsys, tmp_path):
     data = json.loads(capsys.readouterr().out)
     counts = {os.path.basename(f["file"]): len(f["sites"]) for f in data["files"]}
     assert counts == {name: sum(kinds.values()) for name, kinds in EXPECTED.items()}
-    assert data["summary"]["unmapped"] == 9
+    assert data["summary"]["unmapped"] == 5
+    assert data["summary"]["imports"] == 7 and data["summary"]["control_plane"] == 4
     site = data["files"][0]["sites"][0]
-    assert set(site) == {"file", "cell", "line", "column", "kind", "method", "code", "maps_to", "flag", "mapped"}
+    assert set(site) == {"file", "cell", "writefile", "line", "column", "kind", "method", "code", "maps_to",
+                         "flag", "mapped"}
 
 
 def test_markdown_output(capsys):
@@ -202,3 +205,11 @@ def test_a_run_bound_after_the_function_that_uses_it(tmp_path):
     )
     sites = scan.scan_file(str(path)).sites
     assert [(s.line, s.method, s.route) for s in sites if s.kind == "call"] == [(4, "log", None)]
+
+
+def test_tracking_only_lists_tracking_only(capsys):
+    assert scan.main(["--tracking-only", "--format", "json", legacy("workspace_reads.py")]) == 0
+    data = json.loads(capsys.readouterr().out)
+    kinds = {site["kind"] for f in data["files"] for site in f["sites"]}
+    assert "outside" not in kinds and {"call", "read"} <= kinds
+    assert data["summary"]["control_plane"] == 0 and data["summary"]["unmapped"] == 5

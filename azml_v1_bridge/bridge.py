@@ -149,9 +149,9 @@ def _given_step(args, kwargs):
 
 def lean_log(instance, args, kwargs) -> bool:
     """run.log(name, number[, description][, step]) in mlflow mode, the call of a training
-    loop: one tuple onto the writer's queue (about a third of handle()'s cost). False for any
-    other form, or anything unusual about the run: handle() then does it, with the same
-    result."""
+    loop: one tuple onto the writer's queue (about a third of handle()'s cost), under the key
+    emit() would give it (series_key). False for any other form, or anything unusual about
+    the run: handle() then does it, with the same result."""
     if STATE.mode != "mlflow":
         return False
     step = _given_step(args, kwargs) if kwargs or len(args) != 2 else None
@@ -160,13 +160,24 @@ def lean_log(instance, args, kwargs) -> bool:
     record = instance.__dict__.get(ATTR)
     writer = STATE.writer
     if (record is None or writer is None or record.local_id not in writer.records
-            or record.muted or record.key_suffix or record.adopted or _INSIDE.get()):
+            or record.muted or _INSIDE.get()):
         return False
     point = log_point(record.state, args[0], args[1], step)
     if point is None:
         return False
-    writer.put((record.local_id, "log", args[0], point[0], int(_time() * 1000), point[1]))
+    key = series_key(record, args[0]) if record.key_suffix or record.adopted else args[0]
+    writer.put((record.local_id, "log", key, point[0], int(_time() * 1000), point[1]))
     return True
+
+
+def series_key(record, key: str) -> str:
+    """The key a metric of this run is written under, as emit() renames it: a forked child's
+    own series in its parent's run (lifecycle.py), a secondary rank's in a shared run."""
+    if record.key_suffix:
+        key = ranks.series_key(key, record.key_suffix)
+    if record.adopted and ranks.is_secondary(STATE.cfg.rank):
+        key = ranks.rank_key(key, STATE.cfg.rank)
+    return key
 
 
 def handle_log(wrapped, instance, args, kwargs):
@@ -284,7 +295,8 @@ def _bound_log(instance, cls, record, writer, generation, v1_log):
             elif lean_log(instance, (name, value), {} if step is None else {"step": step}):
                 if (type(name) is str and generation[0] == gen and STATE.writer is writer
                         and instance.__dict__.get(ATTR) is record):
-                    known[name] = (name, record.state.steps.setdefault(name, itertools.count()))
+                    known[name] = (series_key(record, name),
+                                   record.state.steps.setdefault(name, itertools.count()))
                 return None
         return getattr(cls, "log").__get__(instance, cls)(name, value, *rest, **kwargs)
 

@@ -502,6 +502,7 @@ def main(argv=None) -> int:
     args.seconds = args.seconds or (5.0 if args.quick else 10.0)
     args.slow_seconds = args.slow_seconds or (8.0 if args.quick else 20.0)
     parts = args.parts.split(",")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the server and PostgreSQL
 
     from servers import LatencyProxy, MlflowServer, Postgres, postgres_binaries, postgres_missing
 

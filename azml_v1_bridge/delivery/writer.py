@@ -28,9 +28,9 @@ from .. import config
 from ..runs import LOCAL_ID_TAG
 from ..ops import (FAILED_NOTES, Artifact, ArtifactFile, Chart, CreateRun, End, Image, Metric,
                    Note, Param, Tag)
-from .batching import DOC_KINDS, MAX_METRICS, Work, batches, halves
+from .batching import DOC_KINDS, Work, batches, halves
 from .errors import (ITEM_ERRORS, RUN_ERRORS, Refused, Unreachable, describe_error, error_code,
-                     is_item_error, is_permanent, plain_error)
+                     is_item_error, is_overloaded, is_permanent, plain_error)
 from .journal import Journal
 from .queue import CLOSE, FLUSH, QueueFront
 from .store import Store, creation_tags
@@ -43,15 +43,6 @@ PROBE_INTERVAL = 15.0      # seconds between two probes of a store marked down
 EXIT_RETRY_SECONDS = 5.0   # retry window once the process is exiting
 FIND_PARENT_RUN_SECONDS = 30.0  # a forked child waits this long for its parent's run
 MAX_ERRORS = 100
-IN_FLIGHT = 4              # log_batch requests of one run at once to a tracking server
-
-
-class RunStatsDelta:
-    """What one sending thread counted, added to the run's stats once it is done."""
-
-    def __init__(self):
-        self.metric_points = 0
-        self.delivery_failures = 0
 
 
 class Writer(QueueFront):
@@ -325,7 +316,7 @@ class Writer(QueueFront):
                 return fn(*args, **kwargs)
             except Exception as exc:
                 code = error_code(exc)
-                if code in ITEM_ERRORS:
+                if code in ITEM_ERRORS and not is_overloaded(exc):
                     raise
                 if code in RUN_ERRORS:
                     raise Refused(f"{what}: {describe_error(exc)}") from exc
@@ -442,9 +433,6 @@ class Writer(QueueFront):
 
     def _send_batches(self, store, run_id, record, work: Work, stats) -> None:
         metrics, params, tags = work.metrics, work.params, list(work.tags.items())
-        if (len(metrics) > MAX_METRICS and not params and not tags
-                and store.uri.startswith(("http://", "https://"))):
-            return self._send_concurrently(store, run_id, record, work, stats)
         mi = pi = ti = 0
         try:
             for m, p, t in batches(metrics, params, tags):
@@ -457,69 +445,6 @@ class Writer(QueueFront):
             work.tags = dict(ut + tags[ti + len(t):])
             raise
         work.metrics, work.params, work.tags = [], [], {}
-
-    def _send_concurrently(self, store, run_id, record, work: Work, stats) -> None:
-        """A cycle's metric points of one run to a tracking server, as up to IN_FLIGHT
-        log_batch requests at once: a server far away (or busy) then costs its latency once a
-        round of requests, not once a request. Points of a run may land in any order (MLflow
-        keeps each (key, step, timestamp, value) and its latest by the greatest step). Once a
-        request fails, no new one starts; what did not go out is left in `work` to journal."""
-        import threading
-
-        chunks = [work.metrics[i:i + MAX_METRICS] for i in range(0, len(work.metrics), MAX_METRICS)]
-        lock = threading.Lock()
-        todo = iter(range(len(chunks)))
-        done: set = set()
-        failed: list = []  # (chunk index, exception)
-        counts = [0, 0]  # points delivered, items MLflow rejected
-
-        def worker() -> None:
-            local = RunStatsDelta()
-            try:
-                while True:
-                    with lock:
-                        if failed:
-                            return
-                        index = next(todo, None)
-                    if index is None:
-                        return
-                    try:
-                        self._log_batch(store, run_id, record, chunks[index], [], [], local)
-                    except Exception as exc:  # Unreachable, Refused, or the writer's own bug
-                        with lock:
-                            failed.append((index, exc))
-                        return
-                    with lock:
-                        done.add(index)
-            finally:
-                with lock:
-                    counts[0] += local.metric_points
-                    counts[1] += local.delivery_failures
-
-        threads = [threading.Thread(target=worker, daemon=True, name="azml_v1_bridge-send")
-                   for _ in range(min(IN_FLIGHT, len(chunks)) - 1)]
-        for thread in threads:
-            thread.start()
-        worker()
-        for thread in threads:
-            thread.join()
-        stats.metric_points += counts[0]
-        stats.delivery_failures += counts[1]
-        if not failed:
-            work.metrics = []
-            return
-        failed.sort(key=lambda f: f[0])
-        unsent = []
-        for index, exc in failed:
-            part = getattr(exc, "unsent", None)
-            unsent += part[0] if part else chunks[index]
-        failed_at = {index for index, _ in failed}
-        for index, chunk in enumerate(chunks):
-            if index not in done and index not in failed_at:
-                unsent += chunk
-        work.metrics = unsent
-        first = next((exc for _, exc in failed if isinstance(exc, Refused)), failed[0][1])
-        raise first
 
     def _log_batch(self, store, run_id, record, metrics, params, tags, stats) -> None:
         """Send one batch; an item error splits it so one bad item never sinks the rest.

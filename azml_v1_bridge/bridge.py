@@ -26,7 +26,7 @@ from .delivery.queue import WAKE_EVERY
 from .delivery.writer import Writer
 from .ops import ArtifactFile, Artifact, CreateRun, End, Note, Tag
 from .runs import ATTR, Registry
-from .translate import TRANSLATORS, Call, NewRun, end_status, log_point, to_number
+from .translate import REAL_TYPES, TRANSLATORS, Call, NewRun, end_status, log_point, to_number
 
 _time = time.time
 
@@ -263,6 +263,7 @@ def _bound_log(instance, cls, record, writer, generation, v1_log):
     known: dict = {}  # name -> (name, its implicit-step counter)
     now = _time
     low, high = -(1 << 63), 1 << 63
+    real_types = REAL_TYPES
 
     def log(name, value, *rest, **kwargs):
         if generation[0] == gen:
@@ -284,6 +285,11 @@ def _bound_log(instance, cls, record, writer, generation, v1_log):
                     number = value
                 elif t is int and -(1 << 53) <= value <= (1 << 53):
                     number = float(value)
+                elif t in real_types:  # numpy scalars, once to_number saw their type
+                    try:
+                        number = float(value)
+                    except Exception:
+                        number = None
                 else:
                     number = to_number(value)
                 if number is not None:

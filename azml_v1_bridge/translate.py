@@ -147,7 +147,7 @@ def artifact_name(name) -> str:
     return "/".join(parts) or "unnamed"
 
 
-_REAL_TYPES: set = set()  # types isinstance(x, numbers.Real) was true for (an ABC check is slow)
+REAL_TYPES: set = set()  # types isinstance(x, numbers.Real) was true for (an ABC check is slow)
 
 
 def to_number(value):
@@ -157,8 +157,8 @@ def to_number(value):
         return value
     if t is bool:
         return 1.0 if value else 0.0
-    if t is int or t in _REAL_TYPES or isinstance(value, numbers.Real) and (
-            len(_REAL_TYPES) > 100 or _REAL_TYPES.add(t) is None):
+    if t is int or t in REAL_TYPES or isinstance(value, numbers.Real) and (
+            len(REAL_TYPES) > 100 or REAL_TYPES.add(t) is None):
         try:
             return float(value)
         except Exception:  # too large for a double, or a __float__ that raises: kept as text

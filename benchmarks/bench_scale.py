@@ -293,9 +293,21 @@ class RowCounter:
             return cur.fetchone()[0]
 
 
-def account(uri: str, experiment: str) -> tuple[int, int]:
+def account(uri: str, experiment: str, timeout: float = 180.0) -> tuple[int, int]:
     """Distinct (run, key, step) of every `loss` series in the experiment, and its runs,
-    read back with MlflowClient."""
+    read back with MlflowClient; again while the server is too busy to answer (at N = 64
+    its database pool runs out: BAD_REQUEST "QueuePool limit")."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return _account(uri, experiment)
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(2)
+
+
+def _account(uri: str, experiment: str) -> tuple[int, int]:
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(uri)

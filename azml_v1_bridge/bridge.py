@@ -10,6 +10,7 @@ import contextvars
 import functools
 import inspect
 import io
+import itertools
 import logging
 import os
 import shutil
@@ -25,7 +26,7 @@ from .delivery.queue import WAKE_EVERY
 from .delivery.writer import Writer
 from .ops import ArtifactFile, Artifact, CreateRun, End, Note, Tag
 from .runs import ATTR, Registry
-from .translate import TRANSLATORS, Call, NewRun, end_status, log_point
+from .translate import REAL_TYPES, TRANSLATORS, Call, NewRun, end_status, log_point, to_number
 
 _time = time.time
 
@@ -137,27 +138,51 @@ def handle(method: str, wrapped, instance, args, kwargs, standin=None):
     return result
 
 
-def lean_log(instance, args, kwargs) -> bool:
-    """run.log(name, number[, step=int]) in mlflow mode, the call of a training loop: one tuple
-    onto the writer's queue (about a third of handle()'s cost). False for any other form, or
-    anything unusual about the run: handle() then does it, with the same result."""
-    if STATE.mode != "mlflow" or len(args) != 2:
-        return False
-    step = None
+_NO_STEP = object()
+
+
+def _given_step(args, kwargs):
+    """The step of run.log(name, value[, description][, step]) as a training loop calls it
+    (positional, or step= alone by keyword): None for none, _NO_STEP for any other form."""
+    n = len(args)
     if kwargs:
-        step = kwargs.get("step")
-        if len(kwargs) != 1 or type(step) is not int:
-            return False
+        return kwargs.get("step", _NO_STEP) if len(kwargs) == 1 and 2 <= n <= 3 else _NO_STEP
+    if n == 4:
+        return args[3]
+    return None if 2 <= n <= 3 else _NO_STEP
+
+
+def lean_log(instance, args, kwargs) -> bool:
+    """run.log(name, number[, description][, step]) in mlflow mode, the call of a training
+    loop: one tuple onto the writer's queue (about a third of handle()'s cost), under the key
+    emit() would give it (series_key). False for any other form, or anything unusual about
+    the run: handle() then does it, with the same result."""
+    if STATE.mode != "mlflow":
+        return False
+    step = _given_step(args, kwargs) if kwargs or len(args) != 2 else None
+    if step is not None and type(step) is not int:
+        return False
     record = instance.__dict__.get(ATTR)
     writer = STATE.writer
     if (record is None or writer is None or record.local_id not in writer.records
-            or record.muted or record.key_suffix or record.adopted or _INSIDE.get()):
+            or record.muted or _INSIDE.get()):
         return False
     point = log_point(record.state, args[0], args[1], step)
     if point is None:
         return False
-    writer.put((record.local_id, "log", args[0], point[0], int(_time() * 1000), point[1]))
+    key = series_key(record, args[0]) if record.key_suffix or record.adopted else args[0]
+    writer.put((record.local_id, "log", key, point[0], int(_time() * 1000), point[1]))
     return True
+
+
+def series_key(record, key: str) -> str:
+    """The key a metric of this run is written under, as emit() renames it: a forked child's
+    own series in its parent's run (lifecycle.py), a secondary rank's in a shared run."""
+    if record.key_suffix:
+        key = ranks.series_key(key, record.key_suffix)
+    if record.adopted and ranks.is_secondary(STATE.cfg.rank):
+        key = ranks.rank_key(key, STATE.cfg.rank)
+    return key
 
 
 def handle_log(wrapped, instance, args, kwargs):
@@ -232,31 +257,56 @@ def _v1_log(cls):
 
 def _bound_log(instance, cls, record, writer, generation, v1_log):
     """One run object's run.log (see LogBinding). Its fast branch is translate.log_point's
-    rule for a name that took the lean path before: a float, or an int a double holds."""
+    rule for a name that took the lean path before: a float, or an int a double holds, with
+    no step or an int step within int64 (by keyword, or after a description); other numbers
+    (numpy's, bool) are read as translate_log reads them."""
     gen = generation[0]
     lid = record.local_id
     queue, nudge = writer.put_parts()
     append = queue.append
     known: dict = {}  # name -> (name, its implicit-step counter)
     now = _time
+    low, high = -(1 << 63), 1 << 63
+    real_types = REAL_TYPES
 
     def log(name, value, *rest, **kwargs):
-        if generation[0] == gen and not rest and not kwargs:
+        if generation[0] == gen:
+            step = None
+            if kwargs:  # step= (after a description or not), as _given_step reads it
+                step = kwargs.get("step", _NO_STEP) if len(kwargs) == 1 and len(rest) <= 1 else _NO_STEP
+            elif rest:
+                step = rest[1] if len(rest) == 2 else None if len(rest) == 1 else _NO_STEP
+            if step is not None:
+                if type(step) is not int or not low <= step < high:
+                    return getattr(cls, "log").__get__(instance, cls)(name, value, *rest, **kwargs)
             try:
                 entry = known.get(name)
             except TypeError:  # an unhashable name: the general path says what v1 would
                 entry = None
-            t = type(value)
-            if entry is not None and (t is float or t is int and -(1 << 53) <= value <= (1 << 53)):
-                append((lid, "log", entry[0], value if t is float else float(value),
-                        int(now() * 1000), next(entry[1])))
-                if len(queue) % WAKE_EVERY == 0:
-                    nudge()
-                return None
-            if lean_log(instance, (name, value), {}):
+            if entry is not None:
+                t = type(value)
+                if t is float:
+                    number = value
+                elif t is int and -(1 << 53) <= value <= (1 << 53):
+                    number = float(value)
+                elif t in real_types:  # numpy scalars, once to_number saw their type
+                    try:
+                        number = float(value)
+                    except Exception:
+                        number = None
+                else:
+                    number = to_number(value)
+                if number is not None:
+                    append((lid, "log", entry[0], number, int(now() * 1000),
+                            next(entry[1]) if step is None else step))
+                    if len(queue) % WAKE_EVERY == 0:
+                        nudge()
+                    return None
+            elif lean_log(instance, (name, value), {} if step is None else {"step": step}):
                 if (type(name) is str and generation[0] == gen and STATE.writer is writer
                         and instance.__dict__.get(ATTR) is record):
-                    known[name] = (name, record.state.steps[name])
+                    known[name] = (series_key(record, name),
+                                   record.state.steps.setdefault(name, itertools.count()))
                 return None
         return getattr(cls, "log").__get__(instance, cls)(name, value, *rest, **kwargs)
 

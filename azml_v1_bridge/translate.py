@@ -147,6 +147,9 @@ def artifact_name(name) -> str:
     return "/".join(parts) or "unnamed"
 
 
+REAL_TYPES: set = set()  # types isinstance(x, numbers.Real) was true for (an ABC check is slow)
+
+
 def to_number(value):
     """A float for what v1 would chart as a number, else None."""
     t = type(value)
@@ -154,7 +157,8 @@ def to_number(value):
         return value
     if t is bool:
         return 1.0 if value else 0.0
-    if t is int or isinstance(value, numbers.Real):
+    if t is int or t in REAL_TYPES or isinstance(value, numbers.Real) and (
+            len(REAL_TYPES) > 100 or REAL_TYPES.add(t) is None):
         try:
             return float(value)
         except Exception:  # too large for a double, or a __float__ that raises: kept as text
@@ -278,29 +282,29 @@ def _metric_points(call: Call, name, values, ops: list) -> None:
 # ---------------------------------------------------------------- the table
 
 def log_point(state: RunState, name, value, step=None):
-    """The common run.log, for bridge.handle_log: a name already seen that needs no rewriting,
-    a float (or a float subclass) or an int a double holds -> (number, step). None:
-    translate_log decides."""
+    """The common run.log, for bridge.handle_log: a number (what translate_log would chart)
+    under a name MLflow takes as it is, with no step or an int step within int64 ->
+    (number, step), with translate_log's step rule. None: translate_log decides (a rewritten
+    name, text, any other step)."""
+    if type(name) is not str:
+        return None
+    key = _keys.get(name)
+    if key is None:
+        key = mlflow_key(name)
+    if key != name:  # a rewritten name: its note and tag go through translate_log
+        return None
     t = type(value)
     if t is float:
         number = value
     elif t is int and -(1 << 53) <= value <= (1 << 53):
         number = float(value)
-    elif isinstance(value, float):  # numpy.float64 (what sklearn's metrics and np.mean return)
-        try:
-            number = float(value)
-        except Exception:  # a __float__ that raises: translate_log keeps it as text
+    else:  # numpy scalars, bool, another numbers.Real: as translate_log reads them
+        number = to_number(value)
+        if number is None:
             return None
-    else:
-        return None
-    if type(name) is not str or _keys.get(name) != name:  # first use, or a rewritten name
-        return None
     if step is None:
-        counter = state.steps.get(name)
-        if counter is None:
-            return None
-        return number, next(counter)
-    return (number, step) if -(1 << 63) <= step < (1 << 63) else None
+        return number, state.next_step(name)
+    return (number, step) if type(step) is int and -(1 << 63) <= step < (1 << 63) else None
 
 
 def translate_log(call: Call, name, value, description="", step=None) -> list:

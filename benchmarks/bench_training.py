@@ -19,6 +19,18 @@ and logs one point per step, i.e. 10,000 points a second, for `--steps` steps:
   free of the ±10% by which the speed of pure Python differs from one process to the next
   (the no-logging client's own ratio shows what is left). The writer's background work
   spills into the blocks without logging, so this is a lower bound where that work is heavy.
+- variant `forms` (clients `process`, `thread`, `baseline`): the paired measurement of every
+  form of `run.log` a training loop calls, side by side in one interpreter and one run: for
+  each form in turn (the order rotating from cycle to cycle) blocks go without, with, with,
+  without it, and each form's ratio is the median of its own with-blocks over the median of
+  its own without-blocks. The forms (FORMS): `aa` (no call: the A/A control), `handwritten`
+  (a list append with a timestamp), `log` (`run.log(name, v)`), `step` (`step=i`),
+  `positional` (`run.log(name, v, "", i)`), `np.float64`, `np.float32` and `np.int64`
+  (a numpy scalar made in the loop, as a training loop gets it; `np.made` makes one of each
+  and logs nothing: what the numpy forms cost without the bridge), `new` (a name never
+  logged before, every call). Each block's CPU time of the whole training process (the writer's
+  forwarder thread included; the writer process is another process) is recorded too: a
+  ratio that the machine's other load (run-queue waits) moves far less than wall time.
 
 Clients, each in a fresh interpreter, alternating order from round to round:
 
@@ -76,12 +88,55 @@ COLUMNS = 15               # log_row variant: 15 numeric columns ...
 ROW_EVERY = COLUMNS        # ... every 15th step: still one point a step
 BATCH = 1000               # hand-written log_batch: points a request
 CLIENTS = ("none", "thread", "process", "orm", "async", "sync", "handwritten")
+FORMS = ("aa", "handwritten", "log", "step", "positional", "np.float64", "np.float32", "np.int64",
+         "np.made", "new")
+FORM_CYCLES = 2            # forms variant: each form's without-with-with-without, this many times
 
 
 def paired_logs(block: int) -> bool:
     """Blocks go without, with, with, without logging: a slow drift of the machine's speed
     then favours neither kind."""
     return block % 4 in (1, 2)
+
+
+def form_schedule(blocks: int) -> list:
+    """forms variant: (form, logs) per block; a cycle gives each form, in an order rotating
+    from cycle to cycle, its blocks without, with, with, without."""
+    schedule = []
+    cycle = 0
+    while len(schedule) < blocks:
+        for j in range(len(FORMS)):
+            form = FORMS[(j + cycle) % len(FORMS)]
+            schedule += [(form, False), (form, True), (form, True), (form, False)]
+        cycle += 1
+    return schedule[:blocks]
+
+
+def form_key(form: str) -> str:
+    return "loss_" + form.replace(".", "_")
+
+
+def form_calls(run, steps: int, hand: list) -> dict:
+    """forms variant: per form, the call its with-blocks make each step (i, v)."""
+    import numpy as np
+
+    f64, f32, i64 = np.float64, np.float32, np.int64
+    append = hand.append
+    k = {form: form_key(form) for form in FORMS}
+    new = [f"new/{i}" for i in range(steps)]  # made before the loop: the names are not the cost
+
+    def handwritten(i, v, key=k["handwritten"]):
+        append((key, v, int(time.time() * 1000), i))
+
+    return {"aa": None, "handwritten": handwritten,
+            "log": lambda i, v, key=k["log"]: run.log(key, v),
+            "step": lambda i, v, key=k["step"]: run.log(key, v, step=i),
+            "positional": lambda i, v, key=k["positional"]: run.log(key, v, "", i),
+            "np.float64": lambda i, v, key=k["np.float64"]: run.log(key, f64(v)),
+            "np.float32": lambda i, v, key=k["np.float32"]: run.log(key, f32(v)),
+            "np.int64": lambda i, v, key=k["np.int64"]: run.log(key, i64(i)),
+            "np.made": lambda i, v: (f64(v), f32(v), i64(i)),  # the numpy forms' own work
+            "new": lambda i, v: run.log(new[i], v)}
 
 
 def script_client(client: str) -> str:
@@ -240,7 +295,25 @@ def worker_train(args) -> dict:
     t0 = time.perf_counter()
     # paired: (wall, on CPU, run queue) seconds of each block, without / with logging
     blocks: dict = {False: [], True: []}
-    if variant == "paired":
+    forms: dict = {}  # forms variant: form -> {False: [wall s of each block], True: [...]}
+    hand: list = []
+    if variant == "forms":
+        calls = form_calls(run, steps, hand)
+        for b, (form, logging_block) in enumerate(form_schedule(steps // PAIR_BLOCK)):
+            first = b * PAIR_BLOCK
+            call = calls[form] if logging_block else None
+            cb, tb = time.process_time(), time.perf_counter()
+            if call is not None:
+                for i in range(first, first + PAIR_BLOCK):
+                    call(i, step(k) * 1e-9 + i)
+            else:
+                for i in range(first, first + PAIR_BLOCK):
+                    step(k)
+            wall, cpu = time.perf_counter() - tb, time.process_time() - cb
+            kinds = forms.setdefault(form, {False: [], True: [], "cpu": {False: [], True: []}})
+            kinds[logging_block].append(wall)
+            kinds["cpu"][logging_block].append(cpu)
+    elif variant == "paired":
         for b in range(steps // PAIR_BLOCK):
             first = b * PAIR_BLOCK
             logging_block = paired_logs(b)
@@ -295,6 +368,11 @@ def worker_train(args) -> dict:
                       "gc_s": gc_time[0], "gc_full": gc_time[1],
                       "mlflow_imported": "mlflow" in sys.modules,
                       "last_call": last_call, "steps": steps, "step_us": own["step_us"],
+                      "forms": {form: statistics.median(w[True]) / statistics.median(w[False])
+                                for form, w in forms.items() if w[True] and w[False]},
+                      "forms_cpu": {form: statistics.median(w["cpu"][True])
+                                    / statistics.median(w["cpu"][False])
+                                    for form, w in forms.items() if w[True] and w[False]},
                       "paired": ([[statistics.median(b[j] for b in blocks[False]) for j in range(3)],
                                   [statistics.median(b[j] for b in blocks[True]) for j in range(3)]]
                                  if blocks[True] else None)}), flush=True)
@@ -373,6 +451,34 @@ def count_landed(uri: str, experiment: str, keys: list) -> tuple[int, int]:
     return len(pairs), len(runs)
 
 
+def expected_forms(steps: int) -> dict:
+    """forms variant: form -> points its with-blocks logged (the handwritten ones stay in
+    the list; `aa` logs nothing)."""
+    counts: dict = {}
+    for form, logs in form_schedule(steps // PAIR_BLOCK):
+        if logs and form not in ("aa", "handwritten", "np.made"):
+            counts[form] = counts.get(form, 0) + PAIR_BLOCK
+    return counts
+
+
+def count_forms(uri: str, experiment: str) -> dict:
+    """forms variant: form -> distinct (key, step) pairs landed (`new`: distinct new/ keys)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    found = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([found.experiment_id]) if found else []
+    got: dict = {}
+    for run in runs:
+        for form in FORMS:
+            if form == "new":
+                got[form] = got.get(form, 0) + sum(k.startswith("new/") for k in run.data.metrics)
+            elif form not in ("aa", "handwritten", "np.made"):
+                got[form] = got.get(form, 0) + len({m.step for m in client.get_metric_history(
+                    run.info.run_id, form_key(form))})
+    return got
+
+
 def expected(client: str, variant: str, steps: int) -> tuple[list, int]:
     if variant == "log":
         return ["loss"], steps
@@ -394,7 +500,9 @@ def one(client: str, variant: str, store: str, steps: int, k: int, ctx: dict, ta
     n = min(steps, SYNC_STEPS) if client == "sync" else steps
     print(f"  {store:6} {variant:3} {client:11} {tag} ...", end="", file=sys.stderr, flush=True)
     result = launch(client, variant, n, k, worker_env(store_env, client, experiment), cwd)
-    if client != "none":
+    if variant == "forms":
+        result.update(landed_forms=count_forms(uri, experiment), expected_forms=expected_forms(n))
+    elif client != "none":
         keys, want = expected(client, variant, n)
         got, runs = count_landed(uri, experiment, keys)
         result.update(landed=got, expected=want, runs=runs)
@@ -455,6 +563,38 @@ def summarize(samples: list, base: list, base_whole: float | None, steps: int) -
     return row
 
 
+def median_interval(values: list, draws: int = 2000) -> tuple[float, float]:
+    """A bootstrap 95% interval of the median."""
+    import random
+
+    rng = random.Random(0)
+    medians = sorted(statistics.median(rng.choices(values, k=len(values))) for _ in range(draws))
+    return medians[int(0.025 * draws)], medians[int(0.975 * draws) - 1]
+
+
+def summarize_forms(samples: list) -> dict:
+    rows = {}
+    for form in FORMS:
+        ratios = [s["forms"][form] for s in samples if form in s["forms"]]
+        if not ratios:
+            continue
+        low, high = median_interval(ratios)
+        cpu = [s["forms_cpu"][form] for s in samples if form in s.get("forms_cpu", {})]
+        row = {"ratio": statistics.median(ratios), "interval": [low, high],
+               "cpu_ratio": statistics.median(cpu) if cpu else None,
+               "cpu_interval": list(median_interval(cpu)) if cpu else None,
+               "above_1.03": sum(r > 1.03 for r in ratios), "rounds": len(ratios),
+               "all": [round(r, 4) for r in ratios]}
+        if form in samples[0]["expected_forms"]:
+            row["landed"] = [s["landed_forms"].get(form, 0) for s in samples]
+            row["expected"] = samples[0]["expected_forms"][form]
+            row["all_landed"] = all(n == row["expected"] for n in row["landed"])
+        rows[form] = row
+    return {"forms": rows, "step_us": statistics.median(s["step_us"] for s in samples),
+            "exit_s": statistics.median(s["exit_s"] for s in samples),
+            "all_landed": all(r.get("all_landed", True) for r in rows.values())}
+
+
 def machine() -> dict:
     model = "?"
     try:
@@ -502,7 +642,8 @@ def main(argv=None) -> int:
                         help="rounds of the log_row variant (default 1, at most --rounds)")
     parser.add_argument("--quick", action="store_true", help="one round, shorter loops")
     parser.add_argument("--stores", default="sqlite,server")
-    parser.add_argument("--variants", default="log,row,paired")
+    parser.add_argument("--variants", default="log,row,paired",
+                        help="log, row, paired, forms (every form of run.log, paired)")
     parser.add_argument("--clients", default=",".join(CLIENTS))
     parser.add_argument("--fresh-db", action="store_true",
                         help="each script creates its sqlite store (MLflow's migrations included)")
@@ -531,6 +672,7 @@ def main(argv=None) -> int:
         os.environ["BENCH_SWITCH_INTERVAL"] = str(args.switch_interval)
     steps = args.steps or (QUICK_STEPS if args.quick else STEPS)
     rounds = args.rounds or (1 if args.quick else 3)
+    forms_steps = (1 if args.quick else FORM_CYCLES) * len(FORMS) * 4 * PAIR_BLOCK
     stores = [s for s in args.stores.split(",") if s]
     variants = [v for v in args.variants.split(",") if v]
     clients = [c for c in args.clients.split(",") if c]
@@ -582,8 +724,12 @@ def main(argv=None) -> int:
                             continue  # a comparison of the loop: the log variants say it
                         if client == "orm" and store != "sqlite":
                             continue  # the same writer as `process` on any other store
+                        if variant == "forms" and client not in ("process", "thread", "baseline"):
+                            continue  # the forms are blocks of one bridge process
                         samples.setdefault((variant, store, client), []).append(
-                            one(client, variant, store, steps, calib["k"], ctx, f"r{r}"))
+                            one(client, variant, store,
+                                forms_steps if variant == "forms" else steps,
+                                calib["k"], ctx, f"r{r}"))
     finally:
         if server is not None:
             server.stop()
@@ -592,6 +738,11 @@ def main(argv=None) -> int:
     results: dict = {}
     for variant in variants:
         for store in stores:
+            if variant == "forms":
+                results[f"{variant}/{store}"] = {
+                    client: summarize_forms(samples[(variant, store, client)])
+                    for client in clients if (variant, store, client) in samples}
+                continue
             base = samples[(variant, store, "none")]
             hand = samples.get((variant, store, "handwritten"))
             base_whole = statistics.median(s["whole_s"] for s in hand) if hand else None
@@ -621,6 +772,7 @@ LABELS = {"none": "no logging", "thread": "bridge, writer thread",
 def report(out: dict) -> str:
     m = out["machine"]
     steps_us = [row["step_us"] for rows in out["results"].values() for row in rows.values()]
+    forms = {name: rows for name, rows in out["results"].items() if name.startswith("forms/")}
     lines = [f"machine: {m['nproc']} CPUs, {m['cpu']}; Python {m['python']}; mlflow {m['mlflow']}, "
              f"azureml-core {m['azureml-core']}, SQLAlchemy {m['sqlalchemy']}; load average "
              f"{m['loadavg_start'][0]:.2f} at start, {m['loadavg_end'][0]:.2f} at end",
@@ -628,8 +780,27 @@ def report(out: dict) -> str:
              f"(sync: {SYNC_STEPS}); median of {out['rounds']} round(s), "
              f"log_row variant {out['row_rounds']}; each script calibrated its own step "
              f"before its loop: medians {min(steps_us):.0f}–{max(steps_us):.0f} µs", ""]
+    for name, rows in forms.items():
+        for client, row in rows.items():
+            lines += [f"every form of run.log, paired blocks in one process ({PAIR_BLOCK} steps a "
+                      f"block, each form without, with, with, without), {LABELS[client]}, store "
+                      f"{name.split('/')[1]}; exit {row['exit_s']:.2f} s:",
+                      "| form | loop slowdown (median of rounds) | 95% interval of the median | "
+                      "rounds above 1.03 | the process's CPU a block, with ÷ without (95% "
+                      "interval) | every round | landed |", "|---|---|---|---|---|---|---|"]
+            for form, f in row["forms"].items():
+                landed = ("-" if "all_landed" not in f else "ok" if f["all_landed"] else
+                          f"LOST {f['landed']}/{f['expected']}")
+                lines.append(f"| {form} | {f['ratio']:.3f} | {f['interval'][0]:.3f}–"
+                             f"{f['interval'][1]:.3f} | {f['above_1.03']} of {f['rounds']} | "
+                             + (f"{f['cpu_ratio']:.3f} ({f['cpu_interval'][0]:.3f}–"
+                                f"{f['cpu_interval'][1]:.3f})" if f.get("cpu_ratio") else "-")
+                             + f" | {f['all']} | {landed} |")
+            lines.append("")
     for name, rows in out["results"].items():
         variant, store = name.split("/")
+        if variant == "forms":
+            continue
         if variant == "paired":
             lines += [f"paired blocks in one process ({PAIR_BLOCK} steps a block, without, with, "
                       f"with, without run.log every step, ...), store {store}:",

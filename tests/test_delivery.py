@@ -536,3 +536,36 @@ def test_a_store_that_never_answers_cannot_hold_the_exit(tmp_path):
     steps = {p[3] for line in lines if line["t"] == "metrics" for p in line["m"]}
     assert steps == set(range(300))
     assert any(line["t"] == "tags" and ["phase", "hung"] in line["tags"] for line in lines)
+
+
+def test_a_server_out_of_database_connections_is_retried_not_split():
+    """Many ranks into one `mlflow server`: past its database pool (5 + 10 connections on
+    PostgreSQL) a request waits 30 s and MLflow answers BAD_REQUEST with SQLAlchemy's pool
+    timeout (measured with benchmarks/bench_scale.py). That is the store being busy, not a bad
+    item: the writer retries it (and journals it past the retry window) instead of splitting
+    the batch down to single points and dropping each as rejected."""
+    from mlflow.exceptions import MlflowException, RestException
+    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+    from azml_v1_bridge import config
+    from azml_v1_bridge.delivery.errors import is_item_error
+    from azml_v1_bridge.delivery.writer import Writer
+
+    busy = RestException({"error_code": "BAD_REQUEST", "message": (
+        "QueuePool limit of size 5 overflow 10 reached, connection timed out, timeout 30.00 "
+        "(Background on this error at: https://sqlalche.me/e/21/3o7r)")})
+    bad_item = MlflowException("Invalid value 'x' for parameter 'value'",
+                               error_code=INVALID_PARAMETER_VALUE)
+    assert not is_item_error(busy) and is_item_error(bad_item)
+    answers = [busy, busy, "sent"]
+
+    def log_batch():
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    writer = Writer(config.Config())
+    assert writer._retrying("log_batch", log_batch) == "sent" and not answers
+    with pytest.raises(MlflowException):
+        writer._retrying("log_batch", lambda: (_ for _ in ()).throw(bad_item))

@@ -791,3 +791,63 @@ def test_first_calls_from_many_threads_share_one_run(writer, mlflow_server, tmp_
           f"{complete} of 240 keys complete in one run, {short} key parts split off")
     assert len(runs) == 30
     assert complete == 240 and short == 0
+
+
+# ---------------------------------------------------------------- a slow store
+
+SLOW_STORE_SCRIPT = """
+import json, os, time
+import azml_v1_bridge
+from azureml.core import Run
+
+def rss_kb(pid="self"):
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            return next(int(l.split()[1]) for l in fh if l.startswith("VmRSS:"))
+    except (OSError, StopIteration):
+        return 0
+
+def children():
+    out = []
+    for tid in os.listdir("/proc/self/task"):
+        with open(f"/proc/self/task/{tid}/children") as fh:
+            out += fh.read().split()
+    return out
+
+run = Run.get_context()
+run.log("loss", 0.0, step=0)
+run.flush()                      # the store answered once: the writer is up
+i, marks, start = 1, {}, time.monotonic()
+while "late" not in marks:       # as fast as the loop can, for 3 seconds
+    for _ in range(1000):
+        run.log("loss", float(i), step=i)
+        i += 1
+    elapsed = time.monotonic() - start
+    mark = "early" if "early" not in marks and elapsed > 1.0 else "late" if elapsed > 3.0 else None
+    if mark:
+        marks[mark] = [rss_kb(), sum(rss_kb(pid) for pid in children())]
+print("MARKS " + json.dumps({"points": i, **marks}), flush=True)
+"""
+
+
+def test_memory_stays_bounded_while_the_store_is_slow(writer, mlflow_server, tmp_path):
+    """A store that answers every request in 200 ms (a loopback proxy in front of the real
+    server) and a loop logging as fast as it can: the queue's bound (AZML_V1_BRIDGE_QUEUE_MAX,
+    small here to keep the exit short) holds the training process, and its writer process,
+    where they were after the first second (an unbounded queue grows by ~100 MB a second
+    here), and every point still lands."""
+    from servers import LatencyProxy
+
+    with LatencyProxy(mlflow_server.port, 0.2) as proxy:
+        env = bridged_env(writer, proxy.url, AZML_V1_BRIDGE_QUEUE_MAX=2000)
+        script = run_bridged(SLOW_STORE_SCRIPT, tmp_path, env, timeout=240)
+    assert script.proc.returncode == 0, script.stderr[-4000:]
+    marks = json.loads(next(line for line in script.stdout.splitlines()
+                            if line.startswith("MARKS "))[6:])
+    own, tree = (marks["late"][j] - marks["early"][j] for j in (0, 1))
+    print(f"slow store/{writer}: {marks['points']} points; RSS growth from 1 s to 3 s: training "
+          f"process {own / 1024:.1f} MB, writer process {tree / 1024:.1f} MB")
+    assert own < 30 * 1024 and tree < 60 * 1024, marks
+    client = client_for(mlflow_server.url)
+    run = one_run(client, env["MLFLOW_EXPERIMENT_NAME"])
+    assert run_pairs(client, run.info.run_id)["loss"] == list(range(marks["points"]))

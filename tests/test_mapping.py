@@ -122,6 +122,94 @@ def test_log_lean_path_and_general_path_keep_one_series(store, bridge):
     assert history(store, r.info.run_id, "x") == [(0, 3.0), (10, 1.0), (20, 2.0)]
 
 
+@pytest.mark.parametrize("series", ["", "rank 3"])
+def test_every_training_loop_form_of_run_log_records_what_the_general_path_records(
+        store, bridge, series, monkeypatch):
+    """run.log's lean path (the run's bound closure, bridge.handle_log) takes every form a
+    training loop calls: step= and a positional step (an int within int64), Python and numpy
+    scalars, a name seen before or new. One mixed sequence (explicit steps between implicit
+    ones, new names midway, steps the lean path leaves alone: a float, a bool) goes
+    through run.log on one run and through the general path (bridge.handle) on another:
+    the (key, step, value) rows read back are the same, and the lean forms did not reach
+    handle(). Also for rank 3 of a shared run, whose keys emit() renames (`loss/rank_3`; a
+    forked child's `/fork_<pid>` series take the same rename: test_faults' fork tests)."""
+    import random
+
+    np = pytest.importorskip("numpy")
+    from azml_v1_bridge import bridge as bridge_module
+
+    if series == "rank 3":
+        monkeypatch.setenv("AZML_V1_BRIDGE_RANK", "3")
+    bridge.enable("mlflow")
+    lean_run, general_run = v1_run(), v1_run()
+    original_handle = bridge_module.handle
+    handled = []
+
+    def counting_handle(method, wrapped, instance, args, kwargs, standin=None):
+        if instance is lean_run and method == "log":
+            handled.append((args, kwargs))
+        return original_handle(method, wrapped, instance, args, kwargs, standin)
+
+    for run in (lean_run, general_run):
+        run.log("warmup", 0.0)  # a run's first call: general (the run is created)
+        record = run.__dict__[bridge_module.ATTR]
+        if series == "rank 3":  # as if MLFLOW_RUN_ID named a run the launcher shares
+            record.adopted = True
+    bridge_module.handle = counting_handle
+    rng = random.Random(27)
+    values = [lambda: rng.random(), lambda: rng.randrange(-5, 100), lambda: np.float64(rng.random()),
+              lambda: np.float32(0.5), lambda: np.int64(rng.randrange(1000)), lambda: True,
+              lambda: 2**60, lambda: float("nan")]
+    names = ["loss", "acc"]
+    general_steps = [3.0, True]  # (2**63 and beyond: issue 26 decides what MLflow gets)
+    calls, expected_general = [], 0
+    for i in range(400):
+        if i % 50 == 25:
+            names.append(f"new_{i}")                 # a new name midway
+        name = rng.choice(names)
+        value = rng.choice(values)()
+        form = rng.randrange(7)
+        if form == 0:
+            rest, kwargs = (), {}
+        elif form == 1:
+            rest, kwargs = (), {"step": rng.randrange(0, 50)}
+        elif form == 2:
+            rest, kwargs = ("described", rng.choice([rng.randrange(0, 50), 2**63 - 1, -(2**63)])), {}
+        elif form == 3:
+            rest, kwargs = ("described",), {}
+        elif form == 4:
+            rest, kwargs = ("described",), {"step": rng.randrange(0, 50)}
+        elif form == 5:
+            rest, kwargs = (), {"step": None}
+        else:
+            rest, kwargs = (), {"step": rng.choice(general_steps)}
+            expected_general += 1
+        calls.append((name, value, rest, kwargs))
+    for name, value, rest, kwargs in calls:
+        lean_run.log(name, value, *rest, **kwargs)
+        original_handle("log", type(general_run).log.__wrapped__, general_run,
+                        (name, value) + rest, kwargs)
+    bridge_module.handle = original_handle
+    assert "log" in lean_run.__dict__              # bound on the object
+    assert len(handled) == expected_general, handled
+
+    def rows(run):
+        run_id = azml_v1_bridge.mlflow_run_id(run)
+        keys = store.get_run(run_id).data.metrics
+        # a set: MLflow keeps one of two equal points (same key, step and value) logged in
+        # the same millisecond, which depends on timing, not on the path
+        return {(m.key, m.step, repr(m.value))
+                for key in keys for m in store.get_metric_history(run_id, key)}
+
+    lean_run.flush()
+    general_run.flush()
+    lean_rows = rows(lean_run)
+    assert lean_rows == rows(general_run)
+    assert len(calls) - 40 <= len(lean_rows) <= len(calls) + 1
+    suffix = {"": "", "rank 3": "/rank_3"}[series]
+    assert {key for key, _, _ in lean_rows} == {name + suffix for name in names} | {"warmup"}
+
+
 def test_numpy_float64_takes_the_lean_path_with_the_same_result(store, bridge, tmp_path):
     """sklearn's metrics and np.mean return numpy.float64, a float subclass: after a name's
     first use it takes the lean path (the run gets run.log bound), recorded as plain floats in

@@ -9,13 +9,10 @@ The scale test runs on MLflow's own server over PostgreSQL from Debian's package
 (marker `postgres`; skipped with the reason when PostgreSQL is not installed).
 """
 import collections
-import glob
 import os
 import re
-import shutil
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
 
@@ -25,7 +22,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 from conftest import ROOT  # noqa: E402
-from servers import MlflowServer, free_port  # noqa: E402
+from servers import MlflowServer, Postgres, free_port, postgres_binaries, postgres_missing  # noqa: E402
 
 from azml_v1_bridge import ranks  # noqa: E402
 from azml_v1_bridge.ops import (AppendTable, AppendText, Artifact, ArtifactFile, Chart, End,  # noqa: E402
@@ -235,93 +232,12 @@ def test_run_per_process_keeps_one_run_per_process(mlflow_server, tmp_path):
 
 # ---------------------------------------------------------------- PostgreSQL + mlflow server
 
-def _postgres_binaries():
-    found = {}
-    for name in ("initdb", "pg_ctl"):
-        path = shutil.which(name)
-        if path is None:
-            candidates = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
-            path = candidates[-1] if candidates else None
-        if path is None:
-            return None
-        found[name] = path
-    return found
-
-
-class Postgres:
-    """A throwaway PostgreSQL on 127.0.0.1 (trust auth, fsync off), in a temp folder.
-    As root it runs as the `postgres` user (initdb refuses root)."""
-
-    def __init__(self, binaries):
-        self.bin = binaries
-        self.port = free_port()
-        self.folder = tempfile.mkdtemp(prefix="azml_v1_bridge-pg-")  # not under pytest's 0700 dirs
-        self.data = os.path.join(self.folder, "data")
-        self.log = os.path.join(self.folder, "postgres.log")
-        self.prefix = []
-        if hasattr(os, "geteuid") and os.geteuid() == 0:
-            import pwd
-
-            try:
-                user = pwd.getpwnam("postgres")
-            except KeyError:
-                pytest.skip("running as root and there is no `postgres` user to run PostgreSQL as")
-            os.chown(self.folder, user.pw_uid, user.pw_gid)
-            self.prefix = ["runuser", "-u", "postgres", "--"]
-
-    @property
-    def uri(self):
-        # SQLAlchemy 2.1 reads plain postgresql:// as psycopg 3; the test extras install psycopg2
-        return f"postgresql+psycopg2://mlflow@127.0.0.1:{self.port}/mlflow"
-
-    def _run(self, *args):
-        result = subprocess.run(self.prefix + list(args), capture_output=True, text=True, timeout=120)
-        if result.returncode != 0:
-            raise RuntimeError(f"{args[0]} failed: {result.stdout}{result.stderr}")
-        return result
-
-    def start(self):
-        self._run(self.bin["initdb"], "-D", self.data, "-U", "mlflow", "--auth=trust", "-E", "UTF8",
-                  "--no-sync")
-        options = (f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.folder} -c fsync=off "
-                   "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200")
-        self._run(self.bin["pg_ctl"], "-D", self.data, "-l", self.log, "-o", options, "-w", "start")
-        import psycopg2
-
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                conn = psycopg2.connect(host="127.0.0.1", port=self.port, user="mlflow",
-                                        dbname="postgres")
-                break
-            except psycopg2.OperationalError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
-        conn.autocommit = True
-        conn.cursor().execute("CREATE DATABASE mlflow")
-        conn.close()
-        return self
-
-    def stop(self):
-        try:
-            self._run(self.bin["pg_ctl"], "-D", self.data, "-m", "fast", "-w", "stop")
-        finally:
-            shutil.rmtree(self.folder, ignore_errors=True)
-
-
 @pytest.fixture(scope="module")
 def postgres_mlflow_server(tmp_path_factory):
-    binaries = _postgres_binaries()
-    if binaries is None:
-        pytest.skip("PostgreSQL is not installed (no initdb/pg_ctl on PATH or in "
-                    "/usr/lib/postgresql/*/bin): apt-get install postgresql")
-    try:
-        import psycopg2  # noqa: F401
-    except ImportError:
-        pytest.skip("psycopg2 is not installed (mlflow server needs it for PostgreSQL): "
-                    "pip install psycopg2-binary")
-    database = Postgres(binaries).start()
+    missing = postgres_missing()
+    if missing:
+        pytest.skip(missing)
+    database = Postgres(postgres_binaries()).start()
     try:
         server = MlflowServer(str(tmp_path_factory.mktemp("mlflow-pg")), backend_uri=database.uri)
         server.start(timeout=180)
@@ -335,11 +251,10 @@ def postgres_mlflow_server(tmp_path_factory):
 
 @pytest.mark.postgres
 @pytest.mark.slow
-def test_eight_ranks_of_ten_thousand_points_land_in_one_run_on_postgres(postgres_mlflow_server,
-                                                                       tmp_path):
+def test_sixteen_ranks_land_every_point_in_one_run_on_postgres(postgres_mlflow_server, tmp_path):
     from mlflow.tracking import MlflowClient
 
-    ranks_, points = 8, 10_000
+    ranks_, points = 16, 5_000
     result = launch(tmp_path, ranks_, postgres_mlflow_server.url, {"POINTS": str(points)},
                     timeout=900)
     assert result.returncode == 0, result.stdout + result.stderr

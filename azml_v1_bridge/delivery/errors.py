@@ -50,9 +50,22 @@ def error_code(exc: BaseException) -> str | None:
     return getattr(exc, "error_code", None)
 
 
+# A tracking server whose database connection pool is exhausted (more requests at once than
+# its pool holds: many ranks into one server) answers BAD_REQUEST with SQLAlchemy's pool
+# timeout (its error page 3o7r): the store is busy, the item is fine, a retry will do.
+_OVERLOADED = ("QueuePool limit", "sqlalche.me/e/14/3o7r", "sqlalche.me/e/20/3o7r",
+               "sqlalche.me/e/21/3o7r")
+
+
+def is_overloaded(exc: BaseException) -> bool:
+    """A store too busy to take the request now (transient), whatever code it answered."""
+    text = str(exc)
+    return any(mark in text for mark in _OVERLOADED)
+
+
 def is_item_error(exc: BaseException) -> bool:
     """An error about the data sent (retrying cannot help), not about the store."""
-    return error_code(exc) in ITEM_ERRORS
+    return error_code(exc) in ITEM_ERRORS and not is_overloaded(exc)
 
 
 def _chain(exc: BaseException):

@@ -23,13 +23,14 @@ import base64
 import logging
 import os
 import re
+import stat
 import tempfile
 
 from .. import config
 from ..runs import LOCAL_ID_TAG
 from .batching import MAX_METRICS, MAX_PARAMS, MAX_TAGS
 from .errors import ITEM_ERRORS, describe_error
-from .journal import JournalRun, point_value, read_journal
+from .journal import JournalRun, artifact_path_ok, file_name_ok, point_value, read_journal
 
 logger = logging.getLogger("azml_v1_bridge")
 
@@ -210,6 +211,7 @@ class Replayer:
         if run.images:
             self._send_images(client, run_id, run.images, found)
         if run.end is not None and not run.desc.get("adopted"):
+            config.quiet_run_links(uri)  # MLflow's run link would show the password
             client.set_terminated(run_id, status=run.end["status"], end_time=run.end["timestamp"])
             self.counts["ends"] += 1
 
@@ -260,20 +262,47 @@ class Replayer:
         self.counts["tags_sent"] += len(t)
 
     def _bytes(self, line: dict) -> bytes:
+        """The payload of a line: inline, or a regular file directly in the journal's own
+        `.files` folder (read_journal checked the name; no symlink is followed here)."""
         if "b64" in line:
-            return base64.b64decode(line["b64"])
-        with open(os.path.join(self.files_dir, line["file"]), "rb") as fh:
+            return base64.b64decode(line["b64"], validate=True)
+        name = line["file"]
+        if not file_name_ok(name):
+            raise ValueError(f"file {name!r} is not a name in the journal's .files folder")
+        folder = os.lstat(self.files_dir)
+        if not stat.S_ISDIR(folder.st_mode):
+            raise ValueError(f"{self.files_dir} is not a folder")
+        fd = os.open(os.path.join(self.files_dir, name),
+                     os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
+        with os.fdopen(fd, "rb") as fh:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise ValueError(f"{name} in {self.files_dir} is not a regular file")
             return fh.read()
 
     def _send_artifacts(self, client, run_id, lines: list) -> None:
+        sent = 0
         with tempfile.TemporaryDirectory(prefix="azml_v1_bridge-replay-") as tmp:
             for line in lines:
-                target = os.path.join(tmp, *line["path"].split("/"))
-                os.makedirs(os.path.dirname(target), exist_ok=True)
-                with open(target, "wb") as fh:
-                    fh.write(self._bytes(line))
-            client.log_artifacts(run_id, tmp)
-        self.counts["artifacts_sent"] += len(lines)
+                path = line["path"]
+                try:
+                    if not artifact_path_ok(path):
+                        raise ValueError("not a relative artifact name")
+                    target = os.path.join(tmp, *path.split("/"))
+                    if os.path.commonpath([tmp, os.path.abspath(target)]) != tmp:
+                        raise ValueError("outside the run")
+                    data = self._bytes(line)
+                    os.makedirs(os.path.dirname(target), exist_ok=True)
+                    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+                                 | getattr(os, "O_NOFOLLOW", 0), 0o600)
+                    with os.fdopen(fd, "wb") as fh:
+                        fh.write(data)
+                    sent += 1
+                except (OSError, ValueError) as exc:
+                    self._error(f"run {run_id}: artifact {path!r} not sent: "
+                                f"{type(exc).__name__}: {exc}")
+            if sent:
+                client.log_artifacts(run_id, tmp)
+        self.counts["artifacts_sent"] += sent
 
     def _send_images(self, client, run_id, lines: list, found: bool) -> None:
         present: list = []
@@ -333,6 +362,7 @@ def replay_journal(path: str, tracking_uri: str | None = None, only=None) -> dic
             replayer._error(f"run {lid}: {classify(exc, replayer.uri_of(runs[lid])).message}")
         if len(replayer.counts["errors"]) > errors:
             failed.append(lid)
-    replayer.counts["bad_lines"] = bad
+    replayer.counts["bad_lines"] = len(bad)
+    replayer.counts["bad"] = bad
     replayer.counts["failed"] = failed
     return replayer.counts

@@ -41,10 +41,12 @@ class _FirstUseLock:
         try:
             import fcntl
 
-            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            # never through a symlink (a dangling one would create its target), private
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
+                              | getattr(os, "O_CLOEXEC", 0), 0o600)
             fcntl.flock(self.fd, fcntl.LOCK_EX)
-        except (ImportError, OSError):  # a read-only folder: the store's own error will say so
-            self.fd = None
+        except (ImportError, OSError):  # a read-only folder, a symlink: no lock (the store's own
+            self.fd = None              # error says what is wrong with the folder)
         return self
 
     def __exit__(self, *exc):
@@ -127,6 +129,9 @@ class Store:
         self.log_batch(run_id, [], [], list(tags.items()))
 
     def set_terminated(self, run_id: str, status: str, end_ms: int) -> None:
+        from .. import config
+
+        config.quiet_run_links(self.uri)  # MLflow's run link would show the password
         self.client.set_terminated(run_id, status=status, end_time=end_ms)
 
     # ----------------------------------------------------------- data
@@ -273,13 +278,20 @@ class SqliteMetrics:
             return None
 
     def write(self, run_id: str, metrics: list) -> bool:
+        """True: written. False: not this path's to write (MLflow's path then writes it, or
+        names the error). A database still locked after busy_ms raises: the writer's own
+        retry handles it, instead of MLflow's path waiting as long again."""
+        if len(metrics) > MAX_BATCH:  # what MLflow's log_batch refuses: its path says so
+            return False
         rows, latest = [], {}
         for key, value, timestamp, step in metrics:
             if (type(value) is not float or not -_INF < value < _INF  # NaN, inf: MLflow's path
-                    or type(timestamp) is not int or timestamp < 0
+                    or type(timestamp) is not int or not 0 <= timestamp < (1 << 63)
                     or type(step) is not int or not -(1 << 63) <= step < (1 << 63)):
                 return False
             if key not in self.names:
+                if type(key) is not str or len(key) > MAX_KEY:
+                    return False
                 try:
                     self.check_name(key)
                 except Exception:
@@ -308,6 +320,8 @@ class SqliteMetrics:
             # this store: not again.
             from sqlalchemy.exc import IntegrityError, OperationalError
 
+            if isinstance(exc, OperationalError) and "locked" in str(exc).lower():
+                raise  # waited busy_ms already: MLflow's path would wait as long again
             if not isinstance(exc, (IntegrityError, OperationalError)):
                 self.usable = False
             logger.debug("azml_v1_bridge: lean sqlite path: %s", exc)
@@ -318,6 +332,10 @@ class SqliteMetrics:
 
 class _Inactive(Exception):
     pass
+
+
+MAX_BATCH = 1000  # MLflow's log_batch: metrics a request
+MAX_KEY = 250     # MLflow's key length
 
 
 _INF = float("inf")

@@ -47,7 +47,8 @@ def publish(writer, records, cfg, timeout: float | None = None) -> None:
         groups.setdefault(key, []).append(record)
     if not groups:
         return
-    journal = getattr(getattr(writer, "journal", None), "path", None)
+    journal = getattr(writer, "journal", None)
+    journal = " and ".join(getattr(journal, "paths", None) or [journal.path]) if journal else None
     reports = []
     for members in groups.values():
         report = build(members, [stats[r.local_id] for r in members], cfg, journal)
@@ -222,8 +223,9 @@ def render(reports: list) -> str:
             count = sum(n["count"] for n in notes)
             out.append(f"    {what} x{count}: {names}{more}: {_short(notes[0]['detail'], 80)}")
         if r["journaled"]:
+            paths = r["journal"].split(" and ") if r["journal"] else ["?"]
             out.append(f"    journaled {r['journaled']} item(s) to {r['journal']}; deliver them "
-                       f"with `azml-v1-bridge replay {r['journal']}`")
+                       f"with " + " and ".join(f"`azml-v1-bridge replay {p}`" for p in paths))
         elif r["delivery_failures"]:
             out.append(f"    {r['delivery_failures']} item(s) were not delivered (see the warnings above)")
     return config.redact("\n".join(out)) + "\n"

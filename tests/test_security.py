@@ -458,3 +458,16 @@ def test_a_full_disk_is_named_moves_on_and_counts_exactly(writer, tmp_path):
     assert reported == [items], (reported, items, result.stderr[-2000:])
     (report_line,) = [line for line in result.stderr.splitlines() if "journaled" in line]
     assert str(small / "journal.jsonl") in report_line and str(second) in report_line
+
+
+def test_a_full_disk_is_named_as_such():
+    import errno
+    import sqlite3
+
+    from azml_v1_bridge import causes
+
+    for exc in (sqlite3.OperationalError("database or disk is full"),
+                OSError(errno.ENOSPC, "No space left on device", "/data/j.jsonl")):
+        cause = causes.classify(exc, "sqlite:////data/mlflow.db")
+        assert cause.kind == causes.DISK_FULL and not cause.transient
+        assert "no space left on device (the folder of /data/mlflow.db)" in cause.message

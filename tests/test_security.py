@@ -471,3 +471,36 @@ def test_a_full_disk_is_named_as_such():
         cause = causes.classify(exc, "sqlite:////data/mlflow.db")
         assert cause.kind == causes.DISK_FULL and not cause.transient
         assert "no space left on device (the folder of /data/mlflow.db)" in cause.message
+
+
+# ---------------------------------------------------------------- under load: fork and the store lock
+
+FORK_LOCK_SCRIPT = """
+import os, signal, sys, time
+from azml_v1_bridge.delivery.store import _FirstUseLock
+db = os.path.join(os.getcwd(), "mlflow.db")
+lock = _FirstUseLock(db)
+lock.__enter__()                  # the parent's writer thread, opening the store
+pid = os.fork()                   # a Pool worker forked meanwhile (more likely under load)
+if pid == 0:
+    signal.alarm(30)              # otherwise: blocked for ever
+    with _FirstUseLock(db):       # the worker's own writer opens the store
+        pass
+    os._exit(0)
+time.sleep(0.5)                   # the worker waits while the parent still holds it
+lock.__exit__(None, None, None)
+_, status = os.waitpid(pid, 0)
+print("worker", os.waitstatus_to_exitcode(status), flush=True)
+"""
+
+
+def test_a_worker_forked_while_the_store_lock_is_held_does_not_deadlock(tmp_path):
+    """Why fork Pool workers on one sqlite store lost a task's points under load (thread
+    writer): a worker forked while the parent's writer held the store's first-use flock kept
+    a copy of that lock (flock belongs to the open file) and its own writer then waited for it
+    for ever; at the SIGTERM deadline its points went to the journal. The child now drops its
+    copies at the fork and waits only for the parent."""
+    from conftest import run_script
+
+    result = run_script(FORK_LOCK_SCRIPT, tmp_path, timeout=120)
+    assert result.stdout.strip() == "worker 0", (result.stdout, result.stderr[-2000:])

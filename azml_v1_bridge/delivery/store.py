@@ -9,6 +9,7 @@ import io
 import logging
 import os
 import tempfile
+import time
 
 from .batching import batch_json
 from .errors import Unusable
@@ -29,9 +30,32 @@ def sqlite_path(uri: str | None) -> str | None:
     return None
 
 
+# Descriptors of first-use locks held now. A fork copies them, and a flock belongs to the open
+# file, not the process: the child's copy would keep the lock held for as long as the child
+# lives, and the child's own writer would then wait for it for ever (a Pool forked while the
+# parent's writer thread opens the store). The child closes its copies at once.
+_HELD: set = set()
+
+
+def _forget_held_locks() -> None:
+    for fd in list(_HELD):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _HELD.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_held_locks)
+
+
 class _FirstUseLock:
     """Serialises the first open of an sqlite store across processes (MLflow's schema
-    migrations are not safe when two processes create one database at once)."""
+    migrations are not safe when two processes create one database at once). Waited for at
+    most WAIT seconds: past that the store is opened without it."""
+
+    WAIT = 120.0
 
     def __init__(self, db_path: str):
         self.path = os.path.abspath(db_path) + ".azml_v1_bridge.lock"
@@ -44,14 +68,33 @@ class _FirstUseLock:
             # never through a symlink (a dangling one would create its target), private
             self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
                               | getattr(os, "O_CLOEXEC", 0), 0o600)
-            fcntl.flock(self.fd, fcntl.LOCK_EX)
+            _HELD.add(self.fd)  # before the flock: a fork in between must not keep it either
+            deadline = time.monotonic() + self.WAIT
+            delay = 0.01
+            while True:
+                try:
+                    fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(delay)
+                    delay = min(delay * 2, 0.2)
         except (ImportError, OSError):  # a read-only folder, a symlink: no lock (the store's own
-            self.fd = None              # error says what is wrong with the folder)
+            self._release()             # error says what is wrong with the folder)
         return self
 
     def __exit__(self, *exc):
+        self._release()  # closing releases the flock
+
+    def _release(self) -> None:
         if self.fd is not None:
-            os.close(self.fd)  # closing releases the flock
+            _HELD.discard(self.fd)
+            try:
+                os.close(self.fd)
+            except OSError:
+                pass
+            self.fd = None
 
 
 class Store:

@@ -20,7 +20,7 @@ import sys
 import pytest
 
 from conftest import ROOT
-from faults_helpers import (WRITERS, Script, artifact_paths, bridged_env, client_for,
+from faults_helpers import (WRITERS, artifact_paths, bridged_env, client_for,
                             download_json, experiment_runs, journal_lines, journal_pairs,
                             refused_url, run_bridged, run_pairs)
 
@@ -237,7 +237,7 @@ def test_a_dangling_symlink_at_the_sqlite_lock_path_creates_nothing(tmp_path, em
     fresh = tmp_path / "fresh"
     fresh.mkdir()
     shutil.copyfile(empty_store_file, fresh / "mlflow.db")
-    os.umask(umask := os.umask(0o022))
+    umask = os.umask(0o022)
     try:
         Store(f"sqlite:///{fresh}/mlflow.db").probe()
     finally:

@@ -504,3 +504,22 @@ def test_a_worker_forked_while_the_store_lock_is_held_does_not_deadlock(tmp_path
 
     result = run_script(FORK_LOCK_SCRIPT, tmp_path, timeout=120)
     assert result.stdout.strip() == "worker 0", (result.stdout, result.stderr[-2000:])
+
+
+def test_replay_never_makes_a_local_store_a_journal_names(tmp_path, monkeypatch):
+    """A journal whose run line names a local store that is not there (a tampered path, or a
+    folder elsewhere) is not delivered: replay names it and creates nothing; --tracking-uri
+    (or MLFLOW_TRACKING_URI) is the way to give a store."""
+    from azml_v1_bridge.delivery.replay import replay_journal
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    target = tmp_path / "elsewhere" / "planted.db"
+    journal = tmp_path / "journal.jsonl"
+    journal.write_text("\n".join(json.dumps(line) for line in [
+        {"t": "journal", "v": 1, "pid": 1, "host": "h", "cwd": str(tmp_path)},
+        {"t": "run", "run": "r1", "tracking_uri": f"sqlite:///{target}", "v1_id": "v1",
+         "parent": None, "experiment_id": "0", "run_name": "x", "start_ms": 1, "tags": {}},
+        {"t": "metrics", "run": "r1", "m": [["loss", 1.0, 1, 0]]}]) + "\n")
+    counts = replay_journal(str(journal))
+    assert counts["failed"] == ["r1"] and "does not exist" in counts["errors"][0]
+    assert not (tmp_path / "elsewhere").exists()

@@ -50,6 +50,19 @@ def resolve_uri(recorded: str | None, cwd: str | None) -> str | None:
     return recorded
 
 
+def _local_store(uri: str | None) -> str | None:
+    """The path of a local store (sqlite database, file store), None for any other."""
+    if not isinstance(uri, str) or not uri:
+        return None
+    if uri.startswith("sqlite:///"):
+        return uri[len("sqlite:///"):].split("?", 1)[0] or None
+    if uri.startswith("file:"):
+        return uri[len("file:"):].lstrip("/") and "/" + uri[len("file:"):].lstrip("/")
+    if "://" not in uri and not uri.startswith("databricks"):
+        return uri
+    return None
+
+
 class Replayer:
     def __init__(self, files_dir: str, tracking_uri: str | None = None):
         self.files_dir = files_dir
@@ -76,7 +89,13 @@ class Replayer:
         env = config.mlflow_setting(config.MLFLOW_TRACKING_URI)
         if env:
             return env
-        return resolve_uri(run.desc.get("tracking_uri"), run.cwd)
+        uri = resolve_uri(run.desc.get("tracking_uri"), run.cwd)
+        local = _local_store(uri)
+        if local is not None and not os.path.exists(local):
+            # the journal is untrusted: its word never makes a store (a folder, a database)
+            raise ValueError(f"the journal names a local store that does not exist ({local}); "
+                             "give the store with --tracking-uri")
+        return uri
 
     # ------------------------------------------------------------ runs
 
@@ -359,7 +378,12 @@ def replay_journal(path: str, tracking_uri: str | None = None, only=None) -> dic
         except Exception as exc:
             from ..causes import classify  # the cause, named as doctor and the writer name it
 
-            replayer._error(f"run {lid}: {classify(exc, replayer.uri_of(runs[lid])).message}")
+            try:
+                uri = replayer.uri_of(runs[lid])
+            except ValueError:
+                uri = None
+            message = str(exc) if isinstance(exc, ValueError) else classify(exc, uri).message
+            replayer._error(f"run {lid}: {message}")
         if len(replayer.counts["errors"]) > errors:
             failed.append(lid)
     replayer.counts["bad_lines"] = len(bad)

@@ -64,7 +64,7 @@ def private_folder(folder: str, own_parents: bool = False) -> None:
             os.mkdir(path, 0o700)
         except FileExistsError:  # another process was first: checked below like any other
             continue
-        os.chmod(path, 0o700, follow_symlinks=False)  # the umask may have taken bits off, never on
+        _chmod_folder(path)  # the umask may have taken bits off, never put any on
     check = [folder]
     if own_parents:
         parent = os.path.dirname(folder)
@@ -91,13 +91,24 @@ def private_folder(folder: str, own_parents: bool = False) -> None:
                                        f"(mode {stat.S_IMODE(info.st_mode):o})")
 
 
+def _chmod_folder(path: str) -> None:
+    """0700 on the folder itself, never on what a symlink swapped in for it points to."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | _NOFOLLOW | _CLOEXEC)
+    try:
+        if hasattr(os, "fchmod"):
+            os.fchmod(fd, 0o700)
+    finally:
+        os.close(fd)
+
+
 def create_private(path: str) -> int:
     """A new 0600 file, never through a symlink nor over an existing file (O_EXCL)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-    except OSError:
-        pass
+    if hasattr(os, "fchmod"):
+        try:
+            os.fchmod(fd, 0o600)
+        except OSError:
+            pass
     return fd
 
 
@@ -118,7 +129,7 @@ def open_private_append(path: str) -> int:
             raise OSError(errno.EPERM, f"{path} belongs to another user (uid {info.st_uid})")
         if info.st_nlink != 1:
             raise OSError(errno.EPERM, f"{path} has {info.st_nlink} hard links")
-        if stat.S_IMODE(info.st_mode) & 0o077:
+        if stat.S_IMODE(info.st_mode) & 0o077 and hasattr(os, "fchmod"):
             os.fchmod(fd, 0o600)
     except BaseException:
         os.close(fd)

@@ -571,17 +571,36 @@ def _stage(ops: list, writer: Writer) -> list:
                 source.seek(0)
             staged.append(Artifact(op.path, data.encode("utf-8") if isinstance(data, str) else data))
         elif os.path.isdir(source):
-            for folder, _, files in os.walk(source, onerror=lambda e: staged.append(_unreadable(
-                    f"{op.path}/{os.path.relpath(e.filename or source, source)}", e))):
-                for name in sorted(files):
-                    full = os.path.join(folder, name)
-                    rel = os.path.relpath(full, source).replace(os.sep, "/")
-                    staged.append(_copied(f"{op.path}/{rel}", full, writer))
+            _stage_folder(op.path, source, writer, staged)
         elif os.path.isfile(source) or os.path.islink(source):
             staged.append(_copied(op.path, source, writer))
         else:
             staged.append(Note("missing_file", op.path, f"{source!r} does not exist; nothing uploaded"))
     return staged
+
+
+def _stage_folder(artifact_path: str, source: str, writer: Writer, staged: list) -> None:
+    """Every file below `source`: symlinks are followed, to folders as to files (what the
+    user sees in the folder is uploaded); a link back into a folder already walked is noted
+    as a loop, not walked again."""
+    seen = {os.path.realpath(source)}
+    for folder, dirs, files in os.walk(source, followlinks=True, onerror=lambda e: staged.append(
+            _unreadable(f"{artifact_path}/{os.path.relpath(e.filename or source, source)}", e))):
+        for name in list(dirs):
+            full = os.path.join(folder, name)
+            real = os.path.realpath(full)
+            if real in seen:
+                dirs.remove(name)
+                rel = os.path.relpath(full, source).replace(os.sep, "/")
+                staged.append(Note("symlink_loop", f"{artifact_path}/{rel}",
+                                   f"{full} links to {real}, a folder already uploaded; "
+                                   "not walked again"))
+            else:
+                seen.add(real)
+        for name in sorted(files):
+            full = os.path.join(folder, name)
+            rel = os.path.relpath(full, source).replace(os.sep, "/")
+            staged.append(_copied(f"{artifact_path}/{rel}", full, writer))
 
 
 def _copied(artifact_path: str, path: str, writer: Writer):

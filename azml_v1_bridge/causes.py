@@ -15,6 +15,7 @@ lines azure.identity / msal / azureml log on a failed sign-in into one line.
 """
 from __future__ import annotations
 
+import errno
 import logging
 import re
 import socket
@@ -34,10 +35,11 @@ SCHEMA = "schema"
 BUSY = "store_busy"
 PLUGIN = "plugin"
 READ_ONLY = "read_only"
+DISK_FULL = "disk_full"
 SERVER_ERROR = "server_error"
 OTHER = "other"
 KINDS = (UNRESOLVED, REFUSED, TIMEOUT, AUTH, MISSING_DRIVER, MISSING_SQLALCHEMY, SCHEMA, BUSY,
-         PLUGIN, READ_ONLY, SERVER_ERROR, OTHER)
+         PLUGIN, READ_ONLY, DISK_FULL, SERVER_ERROR, OTHER)
 
 # A database driver module -> (pip package, the URI scheme that uses it).
 DRIVERS = {
@@ -189,6 +191,12 @@ def classify(exc: BaseException, uri: str | None = None) -> Cause:
                              "wrote it, or a migration was interrupted): use the MLflow version that "
                              "created it, or a fresh database", False)
 
+    if (any(isinstance(e, OSError) and e.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
+            for e in excs) or "no space left on device" in lowered
+            or "database or disk is full" in lowered or "disk quota exceeded" in lowered):
+        where = _local_path(uri)
+        return _cause(DISK_FULL, store, f"no space left on device{f' (the folder of {where})' if where else ''}: "
+                                        "free some space or point it at another disk", False)
     local = _local_path(uri)
     if any(_is_read_only(e, local is not None) for e in excs) or "unable to open database file" in lowered \
             or "readonly database" in lowered or "read-only file system" in lowered:

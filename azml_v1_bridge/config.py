@@ -170,12 +170,30 @@ def _launcher_rank(env: Mapping[str, str]) -> str | None:
     return rank_from(env)
 
 
-_CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<userinfo>[^/@\s]+)@")
+# userinfo runs to the LAST `@` before the path, query or fragment (what requests and urllib3
+# do: `http://alice:p@ss word@host` signs in as alice with `p@ss word`), so a password
+# holding a raw `@` or a space is hidden whole. A line break ends it.
+_CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<userinfo>[^/?#\r\n]*)@")
 
 
 def redact(text: str) -> str:
-    """Hide user:password in any URI inside ``text``."""
+    """Hide user:password in any URI inside ``text`` (whatever it holds: `@`, `:`, spaces)."""
     return _CREDENTIALS.sub(lambda m: m.group("scheme") + "***@", str(text))
+
+
+MLFLOW_SUPPRESS_PRINTING_URL = "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"
+
+
+def has_credentials(uri: str | None) -> bool:
+    return bool(uri) and redact(uri) != uri
+
+
+def quiet_run_links(uri: str | None) -> None:
+    """MLflow prints "View run ... at: <tracking URI>/#/..." when a client ends a run, the
+    URI's user:password included: off for a URI that holds credentials (whatever the user
+    set), and off by default for the bridge's own runs otherwise."""
+    if has_credentials(uri):
+        os.environ[MLFLOW_SUPPRESS_PRINTING_URL] = "true"
 
 
 def mlflow_setting(name: str) -> str | None:

@@ -135,7 +135,7 @@ class End(Op):
 
 
 # Notes about data that did not reach MLflow at all: counted as failures in the report.
-FAILED_NOTES = frozenset({"unreadable_file", "missing_file", "not_translated"})
+FAILED_NOTES = frozenset({"unreadable_file", "missing_file", "not_translated", "out_of_range"})
 
 
 class Note(Op):

@@ -112,7 +112,7 @@ def series_key(key: str, suffix: str) -> str:
     if len(key) + len(suffix) <= MAX_KEY:
         return key + suffix
     digest = format(zlib.crc32(key.encode("utf-8", "surrogatepass")), "08x")
-    return key[: MAX_KEY - len(suffix) - 9] + "~" + digest + suffix
+    return key[: MAX_KEY - len(suffix) - 9] + "_" + digest + suffix  # `_`: MLflow refuses `~`
 
 
 def into_series(ops: list, suffix: str) -> list:

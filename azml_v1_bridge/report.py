@@ -48,7 +48,8 @@ def publish(writer, records, cfg, timeout: float | None = None) -> None:
         groups.setdefault(key, []).append(record)
     if not groups:
         return
-    journal = getattr(getattr(writer, "journal", None), "path", None)
+    journal = getattr(writer, "journal", None)
+    journal = " and ".join(getattr(journal, "paths", None) or [journal.path]) if journal else None
     reports = []
     for members in groups.values():
         report = build(members, [stats[r.local_id] for r in members], cfg, journal)
@@ -265,12 +266,13 @@ def _details(reports: list) -> list:
     failures = 0
     for r in reports:
         if r["journaled"]:
-            journals[r["journal"]] = journals.get(r["journal"], 0) + r["journaled"]
+            journals[r["journal"] or "?"] = journals.get(r["journal"] or "?", 0) + r["journaled"]
         elif r["delivery_failures"]:
             failures += r["delivery_failures"]
     for journal, n in journals.items():
+        paths = journal.split(" and ")  # a spill that moved on (a full disk) names each journal
         out.append(f"    journaled {n} item(s) to {journal}; deliver them "
-                   f"with `azml-v1-bridge replay {journal}`")
+                   f"with " + " and ".join(f"`azml-v1-bridge replay {p}`" for p in paths))
     if failures:
         out.append(f"    {failures} item(s) were not delivered (see the warnings above)")
     return out

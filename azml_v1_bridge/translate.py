@@ -22,6 +22,7 @@ from .ops import (AppendTable, AppendText, Artifact, ArtifactFile, Chart, Create
                   ExtendList, Image, Metric, Note, Op, Param, Tag)
 
 MAX_KEY = 250
+MIN_STEP, MAX_STEP = -(1 << 63), (1 << 63) - 1  # MLflow stores steps and timestamps as int64
 MAX_PARAM_VALUE = 6000
 MAX_TAG_VALUE = 8000
 V1_RUN_ID_TAG = "azureml.v1.run_id"
@@ -33,7 +34,7 @@ class RunState:
     """What v1 remembered per run, which MLflow needs spelled out."""
 
     __slots__ = ("steps", "rows", "repeats", "params", "renamed", "kinds", "docs", "end_status",
-                 "__weakref__")
+                 "uploads", "__weakref__")
 
     def __init__(self):
         self.steps: dict[str, itertools.count] = {}    # metric key -> next implicit step
@@ -44,6 +45,7 @@ class RunState:
         self.kinds: dict[str, set] = {}                # v1 name -> {"text", "list"}: kept as files
         self.docs: dict[str, str] = {}                 # document path -> the kind that holds it
         self.end_status: str | None = None             # a job's run: status its script asked for
+        self.uploads: dict[str, str] = {}              # artifact path -> the v1 name that has it
 
     def next_step(self, key: str) -> int:
         counter = self.steps.get(key)
@@ -88,8 +90,10 @@ class NewRun(Op):
 
 # ---------------------------------------------------------------- coercion
 
-_KEY_OK = re.compile(r"^[/\w.\- :]*$")
-_KEY_BAD_CHARS = re.compile(r"[^/\w.\- :]")
+# MLflow's key characters as its lowest supported version (2.12) has them: no `:` (2.13+ and
+# not on Windows), so a key is valid on every MLflow the bridge runs with or talks to.
+_KEY_OK = re.compile(r"^[/\w.\- ]*$")
+_KEY_BAD_CHARS = re.compile(r"[^/\w.\- ]")
 _keys: dict[str, str] = {}
 
 
@@ -333,6 +337,11 @@ def translate_log(call: Call, name, value, description="", step=None) -> list:
         if step_value is None:
             ops.append(Note("bad_step", str(name), f"step {step!r} is not an integer"))
             step_value = call.state.next_step(key)
+        elif not MIN_STEP <= step_value <= MAX_STEP:
+            ops.append(Note("out_of_range", str(name),
+                            f"step {step_value} is outside MLflow's range (a signed 64-bit "
+                            f"integer); this point (value {safe_repr(value)[:100]}) is not logged"))
+            return ops
     ops.append(Metric(key, number, call.now_ms, step_value))
     return ops
 
@@ -512,21 +521,48 @@ def translate_add_properties(call: Call, properties) -> list:
     return ops
 
 
+def upload_path(call: Call, name, ops: list) -> str:
+    """The artifact path of an upload: artifact_name(name), unless another v1 name already
+    folded to it (`../../etc/x` and `etc/x`): the later one then gets `_<8 hex digits of its
+    name>` before the extension, and the rename is reported. The same name again keeps its
+    path (the later file wins, as in v1's overwrite)."""
+    path = artifact_name(name)
+    state = call.state
+    if state is None:
+        return path
+    text = str(name)
+    owner = state.uploads.setdefault(path, text)
+    if owner == text:
+        return path
+    stem, ext = posixpath.splitext(path)
+    path = f"{stem}_{name_digest(text)}{ext}"
+    state.uploads.setdefault(path, text)
+    ops.append(Note("renamed", text, path))
+    return path
+
+
 def translate_upload_file(call: Call, name, path_or_stream, datastore_name=None) -> list:
     """upload_file(name, path_or_stream) -> artifact at name, inside the run's artifact root."""
-    return [ArtifactFile(artifact_name(name), path_or_stream)]
+    ops: list = []
+    ops.append(ArtifactFile(upload_path(call, name, ops), path_or_stream))
+    return ops
 
 
 def translate_upload_files(call: Call, names, paths, return_artifacts=False,
                            timeout_seconds=None, datastore_name=None) -> list:
     """upload_files(names, paths) -> one artifact per name (_OfflineRun spells the first
     parameter `name`: bridge.py binds keywords by the called class's own signature)."""
-    return [ArtifactFile(artifact_name(n), p) for n, p in zip(names or (), paths or ())]
+    ops: list = []
+    for n, p in zip(names or (), paths or ()):
+        ops.append(ArtifactFile(upload_path(call, n, ops), p))
+    return ops
 
 
 def translate_upload_folder(call: Call, name, path, datastore_name=None) -> list:
     """upload_folder(name, path) -> every file below path, at name/<relative path>."""
-    return [ArtifactFile(artifact_name(name), path)]
+    ops: list = []
+    ops.append(ArtifactFile(upload_path(call, name, ops), path))
+    return ops
 
 
 def status_left_to_job(run) -> bool:

@@ -371,6 +371,7 @@ def end_shared_run(shared: SharedRun, code: int, env: dict) -> None:
     except Exception as exc:
         _warn(f"could not merge the process reports: {type(exc).__name__}: {str(exc)[:300]}")
     _upload_outputs(shared, env)
+    config.quiet_run_links(shared.uri)  # MLflow's run link would show the password
     try:
         shared.client.set_terminated(shared.run_id, status=status)
     except Exception as exc:

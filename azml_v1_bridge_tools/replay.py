@@ -31,12 +31,14 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     azure.set_cloud_default(uri=args.tracking_uri)
     counts = replay_journal(args.journal, args.tracking_uri)
-    summary = {k: v for k, v in counts.items() if k not in ("runs", "errors")}
+    summary = {k: v for k, v in counts.items() if k not in ("runs", "errors", "bad")}
     print("azml-v1-bridge replay: " + ", ".join(f"{k} {v}" for k, v in summary.items()))
     for lid, run_id in counts["runs"].items():
         print(f"  journal run {lid} -> MLflow run {run_id}")
     for error in counts["errors"]:
         print(f"  not delivered: {error}", file=sys.stderr)
+    for why in counts["bad"]:
+        print(f"  skipped (not a valid journal line): {config.redact(why)}", file=sys.stderr)
     return 1 if counts["errors"] or counts["bad_lines"] else 0
 
 

@@ -453,11 +453,12 @@ def normalise_requests(requests, ids):
 
 # ---------------------------------------------------------------- the reference: README's table
 
-KEY_OK = re.compile(r"[/\w.\- :]*")
+KEY_OK = re.compile(r"[/\w.\- ]*")
 
 
 def mlflow_valid(name: str) -> bool:
-    """MLflow's own rule for a metric, param or tag key (mlflow/utils/validation.py)."""
+    """MLflow's own rule for a metric, param or tag key (mlflow/utils/validation.py), as the
+    lowest supported MLflow (2.12) has it: no `:` (README)."""
     if not name or len(name) > 250 or not KEY_OK.fullmatch(name):
         return False
     norm = posixpath.normpath(name)

@@ -851,3 +851,41 @@ def test_memory_stays_bounded_while_the_store_is_slow(writer, mlflow_server, tmp
     client = client_for(mlflow_server.url)
     run = one_run(client, env["MLFLOW_EXPERIMENT_NAME"])
     assert run_pairs(client, run.info.run_id)["loss"] == list(range(marks["points"]))
+
+
+# ---------------------------------------------------------------- under load
+
+
+@pytest.mark.slow
+def test_under_cpu_load_nothing_is_lost_and_the_sigterm_deadline_holds(writer, sqlite_uri,
+                                                                       mlflow_server, tmp_path):
+    """The promises above on a loaded machine (busy loops, 4 a core, made here and stopped
+    at the end): fork Pool workers sharing one sqlite store land all 300 points with nothing
+    journaled, and SIGTERM without a handler ends the run KILLED with its 100 points within
+    the same generous bound as unloaded (45 s; the deadline is 25 s)."""
+    from cpu_load import CpuLoad
+
+    env = bridged_env(writer, sqlite_uri)
+    with CpuLoad(per_core=4, seconds=300) as load:
+        script = run_bridged(WORKERS_SCRIPT, tmp_path, env, args=("fork", "pool"), timeout=200)
+        folder = tmp_path / "sigterm"
+        folder.mkdir()
+        sig_env = bridged_env(writer, mlflow_server.url)
+        sig, seconds = sigterm_script(folder, sig_env, "none")
+        average = load.load_average()
+    client = client_for(sqlite_uri)
+    (run,) = experiment_runs(client, env["MLFLOW_EXPERIMENT_NAME"])
+    tasks = {(base_key(k), s) for k, s in distinct_pairs(run_pairs(client, run.info.run_id),
+                                                         "task")}
+    journaled = journal_files(tmp_path / "azml_v1_bridge_journal")
+    sig_run = one_run(client_for(mlflow_server.url), sig_env["MLFLOW_EXPERIMENT_NAME"])
+    sig_steps = run_pairs(client_for(mlflow_server.url), sig_run.info.run_id)
+    print(f"under load ({average:.1f})/{writer}: {len(tasks)} of 300 worker points, exit "
+          f"{script.wall:.1f}s, journals {journaled}; SIGTERM exit {seconds:.1f}s after the "
+          f"signal, {len(set(sig_steps.get('loss', [])))} of 100 points")
+    assert script.proc.returncode == 0, script.stderr[-4000:]
+    assert tasks == {(f"task{i}", s) for i in range(6) for s in range(50)}
+    assert journaled == [], script.stderr[-4000:]
+    assert sig.proc.returncode == -signal.SIGTERM, sig.stderr[-4000:]
+    assert sig_steps.get("loss") == list(range(100)) and sig_run.info.status == "KILLED"
+    assert seconds < 45

@@ -23,13 +23,14 @@ import base64
 import logging
 import os
 import re
+import stat
 import tempfile
 
 from .. import config
 from ..runs import LOCAL_ID_TAG
 from .batching import MAX_METRICS, MAX_PARAMS, MAX_TAGS
 from .errors import ITEM_ERRORS, describe_error
-from .journal import JournalRun, point_value, read_journal
+from .journal import JournalRun, artifact_path_ok, file_name_ok, point_value, read_journal
 
 logger = logging.getLogger("azml_v1_bridge")
 
@@ -47,6 +48,19 @@ def resolve_uri(recorded: str | None, cwd: str | None) -> str | None:
     if recorded.startswith("file:") and not recorded.startswith("file:/"):
         return "file:" + os.path.join(cwd, recorded[len("file:"):])
     return recorded
+
+
+def _local_store(uri: str | None) -> str | None:
+    """The path of a local store (sqlite database, file store), None for any other."""
+    if not isinstance(uri, str) or not uri:
+        return None
+    if uri.startswith("sqlite:///"):
+        return uri[len("sqlite:///"):].split("?", 1)[0] or None
+    if uri.startswith("file:"):
+        return uri[len("file:"):].lstrip("/") and "/" + uri[len("file:"):].lstrip("/")
+    if "://" not in uri and not uri.startswith("databricks"):
+        return uri
+    return None
 
 
 class Replayer:
@@ -75,7 +89,13 @@ class Replayer:
         env = config.mlflow_setting(config.MLFLOW_TRACKING_URI)
         if env:
             return env
-        return resolve_uri(run.desc.get("tracking_uri"), run.cwd)
+        uri = resolve_uri(run.desc.get("tracking_uri"), run.cwd)
+        local = _local_store(uri)
+        if local is not None and not os.path.exists(local):
+            # the journal is untrusted: its word never makes a store (a folder, a database)
+            raise ValueError(f"the journal names a local store that does not exist ({local}); "
+                             "give the store with --tracking-uri")
+        return uri
 
     # ------------------------------------------------------------ runs
 
@@ -210,6 +230,7 @@ class Replayer:
         if run.images:
             self._send_images(client, run_id, run.images, found)
         if run.end is not None and not run.desc.get("adopted"):
+            config.quiet_run_links(uri)  # MLflow's run link would show the password
             client.set_terminated(run_id, status=run.end["status"], end_time=run.end["timestamp"])
             self.counts["ends"] += 1
 
@@ -260,20 +281,47 @@ class Replayer:
         self.counts["tags_sent"] += len(t)
 
     def _bytes(self, line: dict) -> bytes:
+        """The payload of a line: inline, or a regular file directly in the journal's own
+        `.files` folder (read_journal checked the name; no symlink is followed here)."""
         if "b64" in line:
-            return base64.b64decode(line["b64"])
-        with open(os.path.join(self.files_dir, line["file"]), "rb") as fh:
+            return base64.b64decode(line["b64"], validate=True)
+        name = line["file"]
+        if not file_name_ok(name):
+            raise ValueError(f"file {name!r} is not a name in the journal's .files folder")
+        folder = os.lstat(self.files_dir)
+        if not stat.S_ISDIR(folder.st_mode):
+            raise ValueError(f"{self.files_dir} is not a folder")
+        fd = os.open(os.path.join(self.files_dir, name),
+                     os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
+        with os.fdopen(fd, "rb") as fh:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise ValueError(f"{name} in {self.files_dir} is not a regular file")
             return fh.read()
 
     def _send_artifacts(self, client, run_id, lines: list) -> None:
+        sent = 0
         with tempfile.TemporaryDirectory(prefix="azml_v1_bridge-replay-") as tmp:
             for line in lines:
-                target = os.path.join(tmp, *line["path"].split("/"))
-                os.makedirs(os.path.dirname(target), exist_ok=True)
-                with open(target, "wb") as fh:
-                    fh.write(self._bytes(line))
-            client.log_artifacts(run_id, tmp)
-        self.counts["artifacts_sent"] += len(lines)
+                path = line["path"]
+                try:
+                    if not artifact_path_ok(path):
+                        raise ValueError("not a relative artifact name")
+                    target = os.path.join(tmp, *path.split("/"))
+                    if os.path.commonpath([tmp, os.path.abspath(target)]) != tmp:
+                        raise ValueError("outside the run")
+                    data = self._bytes(line)
+                    os.makedirs(os.path.dirname(target), exist_ok=True)
+                    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+                                 | getattr(os, "O_NOFOLLOW", 0), 0o600)
+                    with os.fdopen(fd, "wb") as fh:
+                        fh.write(data)
+                    sent += 1
+                except (OSError, ValueError) as exc:
+                    self._error(f"run {run_id}: artifact {path!r} not sent: "
+                                f"{type(exc).__name__}: {exc}")
+            if sent:
+                client.log_artifacts(run_id, tmp)
+        self.counts["artifacts_sent"] += sent
 
     def _send_images(self, client, run_id, lines: list, found: bool) -> None:
         present: list = []
@@ -330,9 +378,15 @@ def replay_journal(path: str, tracking_uri: str | None = None, only=None) -> dic
         except Exception as exc:
             from ..causes import classify  # the cause, named as doctor and the writer name it
 
-            replayer._error(f"run {lid}: {classify(exc, replayer.uri_of(runs[lid])).message}")
+            try:
+                uri = replayer.uri_of(runs[lid])
+            except ValueError:
+                uri = None
+            message = str(exc) if isinstance(exc, ValueError) else classify(exc, uri).message
+            replayer._error(f"run {lid}: {message}")
         if len(replayer.counts["errors"]) > errors:
             failed.append(lid)
-    replayer.counts["bad_lines"] = bad
+    replayer.counts["bad_lines"] = len(bad)
+    replayer.counts["bad"] = bad
     replayer.counts["failed"] = failed
     return replayer.counts

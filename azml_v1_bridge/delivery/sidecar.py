@@ -92,8 +92,9 @@ class _Child:
 
 
 class _Journal:
-    def __init__(self, path):
+    def __init__(self, path, paths=None):
         self.path = path
+        self.paths = list(paths or [path])  # more than one when a folder filled up
 
 
 class ProcessWriter(QueueFront):
@@ -311,7 +312,7 @@ class ProcessWriter(QueueFront):
                 record.ledger.docs = docs
         self.errors.extend(reply["errors"])
         if reply.get("journal"):
-            self.journal = _Journal(reply["journal"])
+            self.journal = _Journal(reply["journal"], reply.get("journals"))
 
     def _reap(self) -> None:
         if self._proc is not None:
@@ -348,7 +349,7 @@ class ProcessWriter(QueueFront):
         self.errors.extend(e for e in writer.errors if e not in self.errors)
         writer.errors.clear()
         if writer.journal is not None:
-            self.journal = _Journal(writer.journal.path)
+            self.journal = _Journal(writer.journal.path, writer.journal.paths)
 
 
 # --------------------------------------------------------------- the child
@@ -413,6 +414,7 @@ def serve(read_fd: int, write_fd: int) -> None:
             "docs": {lid: r.ledger.docs for lid, r in records.items()} if with_docs else {},
             "errors": writer.errors[:],
             "journal": writer.journal.path if writer.journal is not None else None,
+            "journals": writer.journal.paths if writer.journal is not None else [],
         }
         writer.errors.clear()
         data = pickle.dumps(("reply", snapshot), protocol=5)

@@ -9,6 +9,7 @@ import io
 import logging
 import os
 import tempfile
+import time
 
 from .batching import batch_json
 from .errors import Unusable
@@ -43,9 +44,32 @@ def remove_lock_files() -> None:
             pass
 
 
+# Descriptors of first-use locks held now. A fork copies them, and a flock belongs to the open
+# file, not the process: the child's copy would keep the lock held for as long as the child
+# lives, and the child's own writer would then wait for it for ever (a Pool forked while the
+# parent's writer thread opens the store). The child closes its copies at once.
+_HELD: set = set()
+
+
+def _forget_held_locks() -> None:
+    for fd in list(_HELD):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _HELD.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_held_locks)
+
+
 class _FirstUseLock:
     """Serialises the first open of an sqlite store across processes (MLflow's schema
-    migrations are not safe when two processes create one database at once)."""
+    migrations are not safe when two processes create one database at once). Waited for at
+    most WAIT seconds: past that the store is opened without it."""
+
+    WAIT = 120.0
 
     def __init__(self, db_path: str):
         self.path = os.path.abspath(db_path) + ".azml_v1_bridge.lock"
@@ -55,16 +79,37 @@ class _FirstUseLock:
         try:
             import fcntl
 
-            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-            fcntl.flock(self.fd, fcntl.LOCK_EX)
+            # never through a symlink (a dangling one would create its target), private
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
+                              | getattr(os, "O_CLOEXEC", 0), 0o600)
+            _HELD.add(self.fd)  # before the flock: a fork in between must not keep it either
+            deadline = time.monotonic() + self.WAIT
+            delay = 0.01
+            while True:
+                try:
+                    fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(delay)
+                    delay = min(delay * 2, 0.2)
             _LOCK_FILES.add(self.path)
-        except (ImportError, OSError):  # a read-only folder: the store's own error will say so
-            self.fd = None
+        except (ImportError, OSError):  # a read-only folder, a symlink: no lock (the store's own
+            self._release()             # error says what is wrong with the folder)
         return self
 
     def __exit__(self, *exc):
+        self._release()  # closing releases the flock
+
+    def _release(self) -> None:
         if self.fd is not None:
-            os.close(self.fd)  # closing releases the flock
+            _HELD.discard(self.fd)
+            try:
+                os.close(self.fd)
+            except OSError:
+                pass
+            self.fd = None
 
 
 class Store:
@@ -142,6 +187,9 @@ class Store:
         self.log_batch(run_id, [], [], list(tags.items()))
 
     def set_terminated(self, run_id: str, status: str, end_ms: int) -> None:
+        from .. import config
+
+        config.quiet_run_links(self.uri)  # MLflow's run link would show the password
         self.client.set_terminated(run_id, status=status, end_time=end_ms)
 
     # ----------------------------------------------------------- data
@@ -288,13 +336,20 @@ class SqliteMetrics:
             return None
 
     def write(self, run_id: str, metrics: list) -> bool:
+        """True: written. False: not this path's to write (MLflow's path then writes it, or
+        names the error). A database still locked after busy_ms raises: the writer's own
+        retry handles it, instead of MLflow's path waiting as long again."""
+        if len(metrics) > MAX_BATCH:  # what MLflow's log_batch refuses: its path says so
+            return False
         rows, latest = [], {}
         for key, value, timestamp, step in metrics:
             if (type(value) is not float or not -_INF < value < _INF  # NaN, inf: MLflow's path
-                    or type(timestamp) is not int or timestamp < 0
+                    or type(timestamp) is not int or not 0 <= timestamp < (1 << 63)
                     or type(step) is not int or not -(1 << 63) <= step < (1 << 63)):
                 return False
             if key not in self.names:
+                if type(key) is not str or len(key) > MAX_KEY:
+                    return False
                 try:
                     self.check_name(key)
                 except Exception:
@@ -323,6 +378,8 @@ class SqliteMetrics:
             # this store: not again.
             from sqlalchemy.exc import IntegrityError, OperationalError
 
+            if isinstance(exc, OperationalError) and "locked" in str(exc).lower():
+                raise  # waited busy_ms already: MLflow's path would wait as long again
             if not isinstance(exc, (IntegrityError, OperationalError)):
                 self.usable = False
             logger.debug("azml_v1_bridge: lean sqlite path: %s", exc)
@@ -333,6 +390,10 @@ class SqliteMetrics:
 
 class _Inactive(Exception):
     pass
+
+
+MAX_BATCH = 1000  # MLflow's log_batch: metrics a request
+MAX_KEY = 250     # MLflow's key length
 
 
 _INF = float("inf")

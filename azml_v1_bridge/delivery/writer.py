@@ -31,7 +31,7 @@ from ..ops import (FAILED_NOTES, Artifact, ArtifactFile, Chart, CreateRun, End, 
 from .batching import DOC_KINDS, Work, batches, halves
 from .errors import (ITEM_ERRORS, RUN_ERRORS, Refused, Unreachable, describe_error, error_code,
                      is_item_error, is_overloaded, is_permanent, is_sign_in_refusal, plain_error)
-from .journal import Journal
+from .journal import Journal, journal_error
 from .queue import CLOSE, FLUSH, QueueFront
 from . import store as store_module
 from .store import Store, creation_tags
@@ -44,6 +44,7 @@ PROBE_INTERVAL = 15.0      # seconds between two probes of a store marked down
 EXIT_RETRY_SECONDS = 5.0   # retry window once the process is exiting
 FIND_PARENT_RUN_SECONDS = 30.0  # a forked child waits this long for its parent's run
 MAX_ERRORS = 100
+_INT64 = -(1 << 63)
 
 
 class Writer(QueueFront):
@@ -57,6 +58,7 @@ class Writer(QueueFront):
         self._deadline: float | None = None  # monotonic: the exit must be over by then
         self._warned: set = set()
         self.journal: Journal | None = None
+        self._journal_named: str | None = None  # the journal file the last warning named
         self.errors: list = []        # what failed, for strict mode (bounded)
         self._inflight: dict = {}     # the cycle being sent: journaled at exit if it never ends
 
@@ -266,7 +268,11 @@ class Writer(QueueFront):
         from .replay import replay_journal
 
         try:
-            counts = replay_journal(self.journal.path, tracking_uri=uri, only=lids)
+            counts: dict = {"runs": {}, "failed": []}
+            for path in self.journal.paths:  # more than one when a folder filled up
+                part = replay_journal(path, tracking_uri=uri, only=lids)
+                counts["runs"].update(part["runs"])
+                counts["failed"] += [lid for lid in part["failed"] if lid not in counts["failed"]]
         except Exception as exc:
             logger.debug("azml_v1_bridge: recovery from the journal failed: %s", describe_error(exc))
             self._down[uri] = time.monotonic()
@@ -435,6 +441,8 @@ class Writer(QueueFront):
             work.end = None
 
     def _send_batches(self, store, run_id, record, work: Work, stats) -> None:
+        if work.metrics:
+            work.metrics = self._in_range(record, work.metrics, stats)
         metrics, params, tags = work.metrics, work.params, list(work.tags.items())
         mi = pi = ti = 0
         try:
@@ -448,6 +456,26 @@ class Writer(QueueFront):
             work.tags = dict(ut + tags[ti + len(t):])
             raise
         work.metrics, work.params, work.tags = [], [], {}
+
+    def _in_range(self, record, metrics: list, stats) -> list:
+        """The points MLflow can store: a step or timestamp outside a signed 64-bit integer
+        is refused alone here, by name (a server answers INTERNAL_ERROR for it, which would
+        look like an outage and cost the whole run)."""
+        for point in metrics:
+            if not (_INT64 <= point[3] < -_INT64 and _INT64 <= point[2] < -_INT64):
+                break
+        else:
+            return metrics
+        kept = []
+        for point in metrics:
+            key, value, timestamp, step = point
+            if _INT64 <= step < -_INT64 and _INT64 <= timestamp < -_INT64:
+                kept.append(point)
+                continue
+            self._note(record, Note("out_of_range", str(key),
+                                    f"step {step} or timestamp {timestamp} is outside MLflow's "
+                                    f"range (a signed 64-bit integer); this point is not logged"))
+        return kept
 
     def _log_batch(self, store, run_id, record, metrics, params, tags, stats) -> None:
         """Send one batch; an item error splits it so one bad item never sinks the rest.
@@ -538,15 +566,21 @@ class Writer(QueueFront):
         except Exception as exc:
             stats.delivery_failures += work.count()
             self._problem("journal", f"could not write the journal "
-                          f"{getattr(self.journal, 'path', '?')}: {describe_error(exc)}; "
+                          f"{getattr(self.journal, 'path', '?')}: {journal_error(exc)}; "
                           f"{work.count()} item(s) lost", exc)
             return
         stats.journaled += count
         self._failed(f"{count} item(s) of run {record.mlflow_run_id or record.v1_id} journaled "
                      f"to {self.journal.path}: {reason}")
         kind = "refused" if refused else "journal"
+        if kind in self._warned and self.journal.path != self._journal_named:
+            self._journal_named = self.journal.path
+            logger.warning("azml_v1_bridge: undelivered data now goes to the journal %s (%s); "
+                           "deliver it later with `azml-v1-bridge replay` on each journal named",
+                           self.journal.path, self.journal.moved_from)
         if kind not in self._warned:
             self._warned.add(kind)
+            self._journal_named = self.journal.path
             if refused:
                 what = "refuses data of run %s" % (record.mlflow_run_id or record.v1_id)
             else:

@@ -66,6 +66,32 @@ def mlflow_server(tmp_path_factory):
     server.stop()
 
 
+# The start of a script that may reach only 127.0.0.1: any other host is recorded in `reached`
+# and refused, so a script that would wait on Azure (or sign in) fails at once instead.
+NO_NETWORK = r'''
+import json, os, socket, sys
+
+reached = []
+_connect, _getaddrinfo = socket.socket.connect, socket.getaddrinfo
+
+def _local(host):
+    return host in ("127.0.0.1", "localhost", "::1")
+
+def connect(self, address):
+    host = address[0] if isinstance(address, tuple) else address
+    if isinstance(host, str) and not host.startswith("/") and not _local(host):
+        reached.append(str(host)); raise OSError("network refused by the test")
+    return _connect(self, address)
+
+def getaddrinfo(host, *args, **kwargs):
+    if host is not None and not _local(str(host)):
+        reached.append(str(host)); raise socket.gaierror("network refused by the test")
+    return _getaddrinfo(host, *args, **kwargs)
+
+socket.socket.connect, socket.getaddrinfo = connect, getaddrinfo
+'''
+
+
 def run_script(code: str, tmp_path, env: dict | None = None, args=(), timeout=180, launcher=None):
     """Run `code` as a script in a fresh interpreter; returns CompletedProcess."""
     script = tmp_path / "script.py"

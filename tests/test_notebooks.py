@@ -14,29 +14,9 @@ import uuid
 
 import pytest
 
-from conftest import run_script
+from conftest import NO_NETWORK, run_script
 
-NOTEBOOK = r'''
-import json, os, socket, sys
-
-reached = []
-_connect, _getaddrinfo = socket.socket.connect, socket.getaddrinfo
-
-def _local(host):
-    return host in ("127.0.0.1", "localhost", "::1")
-
-def connect(self, address):
-    host = address[0] if isinstance(address, tuple) else address
-    if isinstance(host, str) and not host.startswith("/") and not _local(host):
-        reached.append(str(host)); raise OSError("network refused by the test")
-    return _connect(self, address)
-
-def getaddrinfo(host, *args, **kwargs):
-    if host is not None and not _local(str(host)):
-        reached.append(str(host)); raise socket.gaierror("network refused by the test")
-    return _getaddrinfo(host, *args, **kwargs)
-
-socket.socket.connect, socket.getaddrinfo = connect, getaddrinfo
+NOTEBOOK = NO_NETWORK + r'''
 IMPORT_LINE
 
 import mlflow

@@ -14,30 +14,10 @@ import pytest
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from conftest import run_script  # noqa: E402
+from conftest import NO_NETWORK, run_script  # noqa: E402
 
-NOTEBOOK = r'''
-import json, os, socket, sys, time
-
-# Only 127.0.0.1 may be reached: anything else is recorded and refused.
-reached = []
-_connect, _getaddrinfo = socket.socket.connect, socket.getaddrinfo
-
-def _local(host):
-    return host in ("127.0.0.1", "localhost", "::1")
-
-def connect(self, address):
-    host = address[0] if isinstance(address, tuple) else address
-    if isinstance(host, str) and not host.startswith("/") and not _local(host):
-        reached.append(str(host)); raise OSError("network refused by the test")
-    return _connect(self, address)
-
-def getaddrinfo(host, *args, **kwargs):
-    if host is not None and not _local(str(host)):
-        reached.append(str(host)); raise socket.gaierror("network refused by the test")
-    return _getaddrinfo(host, *args, **kwargs)
-
-socket.socket.connect, socket.getaddrinfo = connect, getaddrinfo
+NOTEBOOK = NO_NETWORK + r'''
+import time
 
 import azml_v1_bridge
 from azureml.core import Experiment, Run, Workspace

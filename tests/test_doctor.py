@@ -10,12 +10,11 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
-import threading
 
 import pytest
 
 from conftest import ROOT
-from servers import free_port
+from servers import LatencyProxy, free_port
 from test_causes import PASSWORD, can_unshare, http_status  # noqa: F401 (fixture)
 
 PROBLEM = "azml-v1-bridge doctor: problem: "
@@ -174,56 +173,9 @@ def test_read_only_folder(tmp_path):
                                           "read-only: point MLFLOW_TRACKING_URI at a writable folder")
 
 
-class DelayingProxy:
-    """A loopback TCP proxy to a real server that holds each new connection `delay` seconds
-    before connecting it through: a store that is alive but slow to answer."""
-
-    def __init__(self, target_port: int, delay: float):
-        self.target_port, self.delay = target_port, delay
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.stop = threading.Event()
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self):
-        while not self.stop.is_set():
-            try:
-                conn, _ = self.listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
-
-    def _serve(self, conn):
-        self.stop.wait(self.delay)  # the slowness under test
-        upstream = socket.create_connection(("127.0.0.1", self.target_port))
-        for a, b in ((conn, upstream), (upstream, conn)):
-            threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pipe(src, dst):
-        try:
-            while True:
-                data = src.recv(65536)
-                if not data:
-                    break
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
-    def close(self):
-        self.stop.set()
-        self.listener.close()
-
-
 @pytest.mark.server
 def test_a_slow_store_is_slow_not_dead(tmp_path, mlflow_server):
-    proxy = DelayingProxy(mlflow_server.port, delay=2.0)
+    proxy = LatencyProxy(mlflow_server.port, delay=2.0)
     try:
         result = doctor(tmp_path, "--slow", "1", "--tracking-uri", f"http://127.0.0.1:{proxy.port}")
     finally:

@@ -24,7 +24,7 @@ from . import azure, config, ranks
 from .delivery.errors import describe_error
 from .delivery.queue import WAKE_EVERY
 from .delivery.writer import Writer
-from .ops import ArtifactFile, Artifact, CreateRun, End, Note, Tag
+from .ops import INT64_MAX, INT64_MIN, ArtifactFile, Artifact, CreateRun, End, Note, Tag
 from .runs import ATTR, Registry
 from .translate import REAL_TYPES, TRANSLATORS, Call, NewRun, end_status, log_point, to_number
 
@@ -266,7 +266,7 @@ def _bound_log(instance, cls, record, writer, generation, v1_log):
     append = queue.append
     known: dict = {}  # name -> (name, its implicit-step counter)
     now = _time
-    low, high = -(1 << 63), 1 << 63
+    low, high = INT64_MIN, INT64_MAX
     real_types = REAL_TYPES
 
     def log(name, value, *rest, **kwargs):
@@ -277,7 +277,7 @@ def _bound_log(instance, cls, record, writer, generation, v1_log):
             elif rest:
                 step = rest[1] if len(rest) == 2 else None if len(rest) == 1 else _NO_STEP
             if step is not None:
-                if type(step) is not int or not low <= step < high:
+                if type(step) is not int or not low <= step <= high:
                     return getattr(cls, "log").__get__(instance, cls)(name, value, *rest, **kwargs)
             try:
                 entry = known.get(name)

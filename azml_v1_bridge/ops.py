@@ -5,6 +5,9 @@ so they stay cheap, and they are JSON-friendly for the journal.
 """
 from __future__ import annotations
 
+# MLflow stores steps and timestamps as signed 64-bit integers: outside, a store refuses the point.
+INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
+
 
 class Op:
     __slots__ = ()

@@ -18,11 +18,10 @@ import sys
 import zlib
 from types import GeneratorType
 
-from .ops import (AppendTable, AppendText, Artifact, ArtifactFile, Chart, CreateRun, End,
-                  ExtendList, Image, Metric, Note, Op, Param, Tag)
+from .ops import (INT64_MAX, INT64_MIN, AppendTable, AppendText, Artifact, ArtifactFile, Chart,
+                  CreateRun, End, ExtendList, Image, Metric, Note, Op, Param, Tag)
 
 MAX_KEY = 250
-MIN_STEP, MAX_STEP = -(1 << 63), (1 << 63) - 1  # MLflow stores steps and timestamps as int64
 MAX_PARAM_VALUE = 6000
 MAX_TAG_VALUE = 8000
 V1_RUN_ID_TAG = "azureml.v1.run_id"
@@ -308,7 +307,7 @@ def log_point(state: RunState, name, value, step=None):
             return None
     if step is None:
         return number, state.next_step(name)
-    return (number, step) if type(step) is int and -(1 << 63) <= step < (1 << 63) else None
+    return (number, step) if type(step) is int and INT64_MIN <= step <= INT64_MAX else None
 
 
 def translate_log(call: Call, name, value, description="", step=None) -> list:
@@ -337,7 +336,7 @@ def translate_log(call: Call, name, value, description="", step=None) -> list:
         if step_value is None:
             ops.append(Note("bad_step", str(name), f"step {step!r} is not an integer"))
             step_value = call.state.next_step(key)
-        elif not MIN_STEP <= step_value <= MAX_STEP:
+        elif not INT64_MIN <= step_value <= INT64_MAX:
             ops.append(Note("out_of_range", str(name),
                             f"step {step_value} is outside MLflow's range (a signed 64-bit "
                             f"integer); this point (value {safe_repr(value)[:100]}) is not logged"))

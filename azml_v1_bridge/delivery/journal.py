@@ -27,6 +27,7 @@ import threading
 import time
 
 from .. import config
+from ..ops import INT64_MAX, INT64_MIN
 from .batching import MAX_METRICS, Work, from_json_number, json_number
 from .errors import strip_credentials
 from .store import creation_tags
@@ -444,7 +445,7 @@ def file_name_ok(name) -> bool:
 
 
 def _int64(value, what: str) -> int:
-    if type(value) is not int or not -(1 << 63) <= value < (1 << 63):
+    if type(value) is not int or not INT64_MIN <= value <= INT64_MAX:
         raise BadLine(f"{what} {value!r} is not a 64-bit integer")
     return value
 

@@ -11,6 +11,7 @@ import os
 import tempfile
 import time
 
+from ..ops import INT64_MAX, INT64_MIN
 from .batching import batch_json
 from .errors import Unusable
 
@@ -344,8 +345,8 @@ class SqliteMetrics:
         rows, latest = [], {}
         for key, value, timestamp, step in metrics:
             if (type(value) is not float or not -_INF < value < _INF  # NaN, inf: MLflow's path
-                    or type(timestamp) is not int or not 0 <= timestamp < (1 << 63)
-                    or type(step) is not int or not -(1 << 63) <= step < (1 << 63)):
+                    or type(timestamp) is not int or not 0 <= timestamp <= INT64_MAX
+                    or type(step) is not int or not INT64_MIN <= step <= INT64_MAX):
                 return False
             if key not in self.names:
                 if type(key) is not str or len(key) > MAX_KEY:

@@ -26,8 +26,8 @@ import time
 
 from .. import azure, config
 from ..runs import LOCAL_ID_TAG
-from ..ops import (FAILED_NOTES, Artifact, ArtifactFile, Chart, CreateRun, End, Image, Metric,
-                   Note, Param, Tag)
+from ..ops import (FAILED_NOTES, INT64_MAX, INT64_MIN, Artifact, ArtifactFile, Chart, CreateRun,
+                   End, Image, Metric, Note, Param, Tag)
 from .batching import DOC_KINDS, Work, batches, halves
 from .errors import (ITEM_ERRORS, RUN_ERRORS, Refused, Unreachable, describe_error, error_code,
                      is_item_error, is_overloaded, is_permanent, is_sign_in_refusal, plain_error)
@@ -44,7 +44,6 @@ PROBE_INTERVAL = 15.0      # seconds between two probes of a store marked down
 EXIT_RETRY_SECONDS = 5.0   # retry window once the process is exiting
 FIND_PARENT_RUN_SECONDS = 30.0  # a forked child waits this long for its parent's run
 MAX_ERRORS = 100
-_INT64 = -(1 << 63)
 
 
 class Writer(QueueFront):
@@ -462,14 +461,14 @@ class Writer(QueueFront):
         is refused alone here, by name (a server answers INTERNAL_ERROR for it, which would
         look like an outage and cost the whole run)."""
         for point in metrics:
-            if not (_INT64 <= point[3] < -_INT64 and _INT64 <= point[2] < -_INT64):
+            if not (INT64_MIN <= point[3] <= INT64_MAX and INT64_MIN <= point[2] <= INT64_MAX):
                 break
         else:
             return metrics
         kept = []
         for point in metrics:
             key, value, timestamp, step = point
-            if _INT64 <= step < -_INT64 and _INT64 <= timestamp < -_INT64:
+            if INT64_MIN <= step <= INT64_MAX and INT64_MIN <= timestamp <= INT64_MAX:
                 kept.append(point)
                 continue
             self._note(record, Note("out_of_range", str(key),

@@ -29,8 +29,8 @@ from ..runs import LOCAL_ID_TAG
 from ..ops import (FAILED_NOTES, INT64_MAX, INT64_MIN, Artifact, ArtifactFile, Chart, CreateRun,
                    End, Image, Metric, Note, Param, Tag)
 from .batching import DOC_KINDS, Work, batches, halves
-from .errors import (ITEM_ERRORS, RUN_ERRORS, Refused, Unreachable, describe_error, error_code,
-                     is_item_error, is_overloaded, is_permanent, is_sign_in_refusal, plain_error)
+from .errors import (RUN_ERRORS, Refused, Unreachable, describe_error, error_code, is_item_error,
+                     is_permanent, is_sign_in_refusal, plain_error)
 from .journal import Journal, journal_error
 from .queue import CLOSE, FLUSH, QueueFront
 from . import store as store_module
@@ -323,7 +323,7 @@ class Writer(QueueFront):
                 return fn(*args, **kwargs)
             except Exception as exc:
                 code = error_code(exc)
-                if code in ITEM_ERRORS and not is_overloaded(exc):
+                if is_item_error(exc):
                     raise
                 if code in RUN_ERRORS:
                     raise Refused(f"{what}: {describe_error(exc)}") from exc

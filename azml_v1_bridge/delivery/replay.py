@@ -29,7 +29,7 @@ import tempfile
 from .. import config
 from ..runs import LOCAL_ID_TAG
 from .batching import MAX_METRICS, MAX_PARAMS, MAX_TAGS
-from .errors import ITEM_ERRORS, describe_error
+from .errors import describe_error, is_item_error
 from .journal import JournalRun, artifact_path_ok, file_name_ok, point_value, read_journal
 
 logger = logging.getLogger("azml_v1_bridge")
@@ -265,7 +265,7 @@ class Replayer:
         try:
             client.log_batch(run_id, metrics=m, params=p, tags=t, synchronous=True)
         except Exception as exc:
-            if getattr(exc, "error_code", None) not in ITEM_ERRORS:
+            if not is_item_error(exc):  # a store refusing the whole request: not an item's fault
                 raise
             items = [("m", x) for x in m] + [("p", x) for x in p] + [("t", x) for x in t]
             if len(items) == 1:

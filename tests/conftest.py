@@ -12,12 +12,17 @@ sys.path.insert(0, HERE)
 
 from servers import MlflowServer  # noqa: E402
 
+# The suite sets what it needs: MLflow's, the bridge's and tqdm's settings on the machine
+# running it (a CI host that turns MLflow's progress bars off, say) would change what the
+# scripts it starts do.
+for _name in [n for n in os.environ if n.startswith(("MLFLOW_", "AZML_V1_BRIDGE_", "TQDM_"))]:
+    del os.environ[_name]
 # azureml caches service discovery under ~/.azureml, fixed at its first import:
 # keep the suite's (and the loopback emulator's) away from the real home.
 os.environ["HOME"] = tempfile.mkdtemp(prefix="azml_v1_bridge-home-")
 # The suite runs strict: a failure inside the bridge raises instead of being logged.
 os.environ["AZML_V1_BRIDGE_STRICT"] = "1"
-os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
 os.environ["AZML_V1_BRIDGE_REPORT"] = "0"
 
 

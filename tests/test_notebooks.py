@@ -98,6 +98,9 @@ single = Model.register(ws, model_path="single.bin", model_name=EXP + "-file")
 out["v1_downloads"] = [open(model.download("v1_model"), "rb").read().decode(),
                        open(Model(ws, EXP + "-file").download("v1_file"), "rb").read().decode()]
 sys.stderr.write("bridge reads>>\n"); sys.stderr.flush()
+import importlib.util
+out["bars"] = [os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"),
+               importlib.util.find_spec("tqdm").origin]
 out["mlflow_downloads"] = {}
 for name, version in ((model.name, model.version), (single.name, single.version)):
     folder = mlflow.artifacts.download_artifacts(f"models:/{name}/{version}", dst_path="mv_" + name)
@@ -213,7 +216,10 @@ def check(got, err, env, client, alphas):
     # quiet: no bar between the markers (the bridge's reads), bars after (the user's own)
     reads = err[err.index("<<bridge reads"):err.index("bridge reads>>")]
     assert "FAKE-TQDM-BAR" not in reads
-    assert "FAKE-TQDM-BAR" in err[err.index("bridge reads>>"):]
+    # the control: bars are on after the reads (the variable unset again), drawn by the fake
+    assert got["bars"] == [None, os.path.join(env["PYTHONPATH"].split(os.pathsep)[0], "tqdm",
+                                              "__init__.py")], got["bars"]
+    assert "FAKE-TQDM-BAR" in err[err.index("bridge reads>>"):], err[-3000:]
 
     # the notebook's own MLflow run, in its own experiment
     own = client.get_run(got["own_run"])

@@ -35,6 +35,10 @@ MLFLOW_RUN_ID = "MLFLOW_RUN_ID"
 MLFLOW_EXPERIMENT_NAME = "MLFLOW_EXPERIMENT_NAME"
 MLFLOW_EXPERIMENT_ID = "MLFLOW_EXPERIMENT_ID"
 MLFLOW_TRACKING_TOKEN = "MLFLOW_TRACKING_TOKEN"
+# What MLflow's REST client (and Databricks') sends to whatever store it talks to.
+STORE_CREDENTIALS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", MLFLOW_TRACKING_TOKEN,
+                     "MLFLOW_TRACKING_AUTH", "MLFLOW_TRACKING_CLIENT_CERT_PATH",
+                     "MLFLOW_TRACKING_AWS_SIGV4", "DATABRICKS_TOKEN", "DATABRICKS_CLIENT_SECRET")
 # An Azure ML job's: its run (a v2 command job's MLflow run id), its managed identity, and the
 # cloud azureml-mlflow resolves endpoints in (see azure.py).
 AZUREML_RUN_ID = "AZUREML_RUN_ID"

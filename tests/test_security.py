@@ -523,3 +523,36 @@ def test_replay_never_makes_a_local_store_a_journal_names(tmp_path, monkeypatch)
     counts = replay_journal(str(journal))
     assert counts["failed"] == ["r1"] and "does not exist" in counts["errors"][0]
     assert not (tmp_path / "elsewhere").exists()
+
+
+def test_replay_sends_no_credentials_to_a_host_only_the_journal_names(mlflow_server, tmp_path,
+                                                                      monkeypatch):
+    """A journal is untrusted: with credentials in the environment, replay does not deliver to
+    a remote store that only the journal names (no connection is made to it) and says how to
+    name one; named with --tracking-uri, the same journal is delivered there."""
+    from azml_v1_bridge.delivery.replay import replay_journal
+    from faults_helpers import Hole
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", SECRET)
+    for name, value in (("MLFLOW_HTTP_REQUEST_TIMEOUT", "2"), ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")):
+        monkeypatch.setenv(name, value)  # were it contacted, it would be seen in seconds
+    with Hole() as planted:
+        journal = tmp_path / "journal.jsonl"
+        journal.write_text("\n".join(json.dumps(line) for line in [
+            {"t": "journal", "v": 1, "pid": 1, "host": "h", "cwd": str(tmp_path)},
+            {"t": "run", "run": "r1", "tracking_uri": planted.url, "v1_id": "v1",
+             "parent": None, "experiment_id": "0", "run_name": "x", "start_ms": 1, "tags": {}},
+            {"t": "metrics", "run": "r1", "m": [["loss", float(s), 1, s] for s in range(5)]}])
+            + "\n")
+        counts = replay_journal(str(journal))
+        assert counts["failed"] == ["r1"], counts
+        assert "MLFLOW_TRACKING_TOKEN" in counts["errors"][0]
+        assert "--tracking-uri" in counts["errors"][0] and SECRET not in counts["errors"][0]
+        assert planted.held == []  # not even a connection
+
+        monkeypatch.delenv("MLFLOW_TRACKING_TOKEN")  # the session's server takes none
+        named = replay_journal(str(journal), tracking_uri=mlflow_server.url)
+        assert named["errors"] == [] and planted.held == []
+    client = client_for(mlflow_server.url)
+    assert run_pairs(client, named["runs"]["r1"]) == {"loss": list(range(5))}

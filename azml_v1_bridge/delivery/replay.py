@@ -95,6 +95,16 @@ class Replayer:
             # the journal is untrusted: its word never makes a store (a folder, a database)
             raise ValueError(f"the journal names a local store that does not exist ({local}); "
                              "give the store with --tracking-uri")
+        if local is None and uri:
+            # ...nor gets a remote host the user's credentials: MLflow sends those to any store
+            # it talks to, and Azure's (a sign-in, a managed identity) are always at hand
+            sent = [name for name in config.STORE_CREDENTIALS if os.environ.get(name)]
+            if sent or uri.startswith("azureml:"):
+                what = ", ".join(sent) if sent else "your Azure sign-in"
+                raise ValueError(f"the journal names a remote store ({config.redact(uri)}) and "
+                                 f"credentials are set ({what}): replay sends them only to a "
+                                 f"store you name; give it with --tracking-uri or "
+                                 f"MLFLOW_TRACKING_URI")
         return uri
 
     # ------------------------------------------------------------ runs

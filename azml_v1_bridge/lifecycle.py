@@ -61,7 +61,8 @@ def install() -> None:
     sys.excepthook = excepthook
     _wrap_sys_exit()
     if hasattr(os, "register_at_fork"):
-        os.register_at_fork(after_in_child=_after_fork_in_child)
+        os.register_at_fork(before=_hold_sigterm, after_in_parent=_release_sigterm,
+                            after_in_child=_after_fork_in_child)
     if "multiprocessing" in sys.modules:  # a spawned worker importing the script's module
         _deliver_at_multiprocessing_exit()
     if threading.current_thread() is threading.main_thread():
@@ -235,7 +236,39 @@ def _publish_report(writer, records, deadline: float) -> None:
 
 # ---------------------------------------------------------------- fork
 
+_held_masks: dict = {}  # thread id -> its signal mask before the fork (the child's thread has the same id)
+
+
+def _hold_sigterm() -> None:
+    """SIGTERM waits (blocked) across a fork. CPython clears the signals a child caught before
+    its after-fork code ran, so a SIGTERM sent to a child the scheduler had not run yet (a Pool
+    worker that `Pool.terminate()` ends before it took a task) was lost with a Python handler
+    installed, ours, and the parent waited for that worker for ever; blocked, it stays pending
+    until the child's state is ready (the end of _after_fork_in_child)."""
+    try:
+        _held_masks[threading.get_ident()] = signal.pthread_sigmask(signal.SIG_BLOCK,
+                                                                    {signal.SIGTERM})
+    except (AttributeError, OSError, ValueError):
+        pass
+
+
+def _release_sigterm() -> None:
+    mask = _held_masks.pop(threading.get_ident(), None)
+    if mask is not None:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+
+
 def _after_fork_in_child() -> None:
+    try:
+        _prepare_child()
+    finally:
+        mask = _held_masks.pop(threading.get_ident(), None)
+        _held_masks.clear()  # other threads' entries: those threads are not in this child
+        if mask is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+
+
+def _prepare_child() -> None:
     state = bridge.STATE
     parent = state.pid
     _release_dead_import_locks()

@@ -320,6 +320,43 @@ def test_fork_while_the_writer_is_mid_request(writer, tmp_path):
     assert {s for k, s in pairs if k == f"loss/fork_{pid}"} == set(range(50))
 
 
+EARLY_TERM_SCRIPT = """
+import os, select, signal, sys
+os.sched_setaffinity(0, {0})   # one CPU: after a fork the parent runs on, the child waits
+import azml_v1_bridge
+from azureml.core import Run
+run = Run.get_context()
+run.log("loss", 1.0)
+azml_v1_bridge.flush()
+statuses = []
+for i in range(10):
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(w)
+        select.select([r], [], [], 30)   # the SIGTERM should end this wait at once
+        os._exit(7)
+    os.kill(pid, signal.SIGTERM)       # before the child has run a line of Python
+    statuses.append(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+    os.close(r); os.close(w)
+    if statuses[-1] != -signal.SIGTERM:
+        break
+print("statuses", statuses, flush=True)
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs sched_setaffinity")
+def test_a_sigterm_sent_right_after_a_fork_is_not_lost(writer, tmp_path, sqlite_uri):
+    """CPython drops the signals a child caught before its after-fork code ran: with the
+    bridge's SIGTERM handler installed, `Pool.terminate()` lost the SIGTERM of a worker the
+    scheduler had not run yet and waited for it for ever (the pool-fork hang under load).
+    Pinned to one CPU, every child here gets its SIGTERM before it runs: each must die of it
+    (a lost one waits 30 s, then exits 7)."""
+    script = run_bridged(EARLY_TERM_SCRIPT, tmp_path, bridged_env(writer, sqlite_uri), timeout=150)
+    assert script.proc.returncode == 0, script.stderr[-4000:]
+    assert script.wait_line("statuses") == "statuses " + str([-signal.SIGTERM] * 10)
+
+
 # ---------------------------------------------------------------- signals
 
 SIGTERM_SCRIPT = """

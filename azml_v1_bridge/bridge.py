@@ -527,7 +527,9 @@ def _new_runs(parent, ops, writer) -> list:
         child, fresh = STATE.registry.record_for(op.run, STATE.mode, parent=parent,
                                                  experiment=op.experiment, name=op.name,
                                                  started=parent is None)
-        if op.outputs:
+        if op.outputs is False:  # start_logging(outputs=False): v1's "no outputs"
+            child.outputs = False
+        elif op.outputs:
             child.outputs = str(op.outputs)
         child_ops = [CreateRun()] + [Tag(str(k), v) for k, v in op.tags.items()]
         writer.submit(child, None, child_ops)
@@ -706,7 +708,8 @@ def uploads_outputs(record) -> bool:
     uploads ./outputs once, after the last process), not an Azure ML job's own run for ./outputs
     (the job uploads ./outputs itself; a folder named by start_logging(outputs=...) is ours),
     and in a ranked job of a run adopted by all, rank 0's alone."""
-    if record.parent is not None or record.muted or not STATE.cfg.outputs_enabled():
+    if (record.parent is not None or record.muted or record.outputs is False
+            or not STATE.cfg.outputs_enabled()):
         return False
     if not record.adopted:
         return True

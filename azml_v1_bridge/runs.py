@@ -79,7 +79,7 @@ class RunRecord:
         self.owner_pid = os.getpid()
         self.ended = False
         self.muted = False                     # mirror mode into the very same run: v1 writes it
-        self.outputs: str | None = None
+        self.outputs: str | bool | None = None  # None: ./outputs; False: none (start_logging)
         self.tags: dict[str, str] = {}
         self.key_suffix = ""  # "/fork_<pid>" in a forked child writing into its parent's run
 

@@ -657,7 +657,7 @@ def translate_start_logging(call: Call, name=None, run_id=None, outputs=None, *a
     experiment = call.instance
     return [NewRun(call.result, name=kwargs.get("display_name") or name,
                    experiment=getattr(experiment, "name", None),
-                   outputs=outputs if isinstance(outputs, str) else None)]
+                   outputs=outputs if isinstance(outputs, str) or outputs is False else None)]
 
 
 def translate_display_name(call: Call, value) -> list:

@@ -167,6 +167,27 @@ def test_start_logging_outputs_folder_and_only_top_level_runs(outputs_setting, s
     assert store.get_run(parent_id).info.status == "FINISHED"
 
 
+def test_start_logging_outputs_false_uploads_no_folder(outputs_setting, store, tmp_path):
+    """v1's start_logging(outputs=False) is "no outputs": ./outputs stays on the disk only;
+    outputs=True is ./outputs, as v1 reads them."""
+    from azureml.core import Experiment
+    import azml_v1_bridge
+
+    outputs_setting("mlflow", None)
+    make_outputs(tmp_path / "outputs", {"model.pkl": b"weights"})
+    experiment = object.__new__(Experiment)
+    experiment._name = "interactive"
+    runs = {}
+    for given in (False, True):
+        run = experiment.start_logging(outputs=given)
+        run.log("m", 1)
+        run.complete()
+        runs[given] = azml_v1_bridge.mlflow_run_id(run)
+    assert artifacts(store, runs[False]) == []
+    assert artifacts(store, runs[True], "outputs") == ["outputs/model.pkl"]
+    assert store.get_run(runs[False]).info.status == "FINISHED"
+
+
 @pytest.mark.parametrize("rank, uploaded", [(None, True), ("1", False)], ids=["alone", "rank-1"])
 def test_a_run_adopted_through_mlflow_run_id_gets_outputs_from_the_bridge(outputs_setting, store, tmp_path,
                                                                           monkeypatch, rank, uploaded):

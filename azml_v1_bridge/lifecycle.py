@@ -262,10 +262,8 @@ def _after_fork_in_child() -> None:
     try:
         _prepare_child()
     finally:
-        mask = _held_masks.pop(threading.get_ident(), None)
+        _release_sigterm()
         _held_masks.clear()  # other threads' entries: those threads are not in this child
-        if mask is not None:
-            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
 def _prepare_child() -> None:

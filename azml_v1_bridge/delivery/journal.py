@@ -138,11 +138,29 @@ def open_private_append(path: str) -> int:
     return fd
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def _append_all(fd: int, data: bytes) -> None:
+    """Append `data` to a file opened O_APPEND, all of it or none of ours: on failure the
+    piece written is cut off again, unless another process sharing the file appended after
+    it (cutting would take their lines): then the piece is ended with a newline where there
+    is room, a bad line that replay names, and their lines stay whole."""
     view = memoryview(data)
-    while view:
-        written = os.write(fd, view)
-        view = view[written:]
+    start = end = None  # the file offsets of what this call wrote
+    try:
+        while view:
+            written = os.write(fd, view)
+            view = view[written:]
+            at = os.lseek(fd, 0, os.SEEK_CUR)  # O_APPEND: the end of what was just written
+            start, end = (at - written if start is None else start), at
+    except OSError:
+        if start is not None:
+            try:
+                if os.fstat(fd).st_size == end and end - start == len(data) - len(view):
+                    os.ftruncate(fd, start)
+                else:
+                    os.write(fd, b"\n")
+            except OSError:
+                pass
+        raise
 
 
 def fallback_dirs() -> list:
@@ -225,17 +243,8 @@ class Journal:
                       "no folder for the journal can be used (" + "; ".join(problems) + ")")
 
     def _append(self, lines: list) -> None:
-        """One write of whole lines; on failure the file is cut back to where it began."""
-        data = ("\n".join(lines) + "\n").encode("utf-8", "surrogatepass")
-        start = os.lseek(self._fd, 0, os.SEEK_END)
-        try:
-            _write_all(self._fd, data)
-        except OSError:
-            try:
-                os.ftruncate(self._fd, start)
-            except OSError:
-                pass
-            raise
+        """One write of whole lines, taken back whole if it fails (_append_all)."""
+        _append_all(self._fd, ("\n".join(lines) + "\n").encode("utf-8", "surrogatepass"))
 
     def _describe(self, record, uri: str | None, lines: list) -> None:
         if record.parent is not None:

@@ -95,6 +95,7 @@ def _failed_exit() -> bool:
 
 def _sigterm_handler(previous):
     def on_sigterm(signum, frame):
+        _handled.set()
         if PROCESS.closed:
             # Already exiting (a multiprocessing worker's finalizer, atexit): let that exit
             # finish, within the SIGTERM deadline, instead of dying half-way through it.
@@ -121,6 +122,7 @@ def _sigterm_handler(previous):
         signal.signal(signum, signal.SIG_DFL)
         os.kill(os.getpid(), signum)
 
+    on_sigterm._azml_v1_bridge = True
     return on_sigterm
 
 
@@ -274,6 +276,9 @@ def _prepare_child() -> None:
     PROCESS.closed = False
     PROCESS.sigterm_at = None
     PROCESS.exit_code = None
+    global _handled
+    _handled = threading.Event()
+    _forget_wakeup()
     suffix = f"/fork_{os.getpid()}"
     for record in state.registry.records:
         if record.owner_pid == parent and not record.ended:
@@ -298,8 +303,82 @@ def _deliver_at_multiprocessing_exit() -> None:
     finalizers multiprocessing registers after it starts a child do (it clears the older ones)."""
     import multiprocessing.util as mp_util
 
-    mp_util.register_after_fork(PROCESS, lambda _: mp_util.Finalize(None, shutdown,
-                                                                    exitpriority=100))
+    def in_child(_):
+        mp_util.Finalize(None, shutdown, exitpriority=100)
+        _watch_sigterm()
+
+    mp_util.register_after_fork(PROCESS, in_child)
+
+
+# ---------------------------------------------------------------- a SIGTERM main never handles
+
+SIGTERM_GRACE = 2.0  # seconds the main thread has to start the handler before the watchdog acts
+_handled = threading.Event()  # set by on_sigterm: the main thread did run the handler
+_wakeup: list = []            # [read fd, write fd] of this process's wakeup pipe, if any
+
+
+def _watch_sigterm() -> None:
+    """In a multiprocessing child. A Python handler runs only when the main thread next runs
+    bytecode: a SIGTERM that lands just before the main thread blocks in C for good (a Pool
+    worker entering the task queue's lock, which Pool.terminate() holds) is taken by CPython
+    and never handled, and the parent waits for that worker for ever. The signal's wakeup fd
+    tells a watchdog thread it came; if the handler has not started within SIGTERM_GRACE, the
+    watchdog ends the runs KILLED and the process. Not where the wakeup fd is someone else's."""
+    try:
+        read_fd, write_fd = os.pipe()
+    except OSError:
+        return
+    try:
+        os.set_blocking(write_fd, False)
+        previous = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+    except (ValueError, OSError):  # not the main thread
+        os.close(read_fd)
+        os.close(write_fd)
+        return
+    if previous != -1:  # asyncio's, or the user's: theirs stays
+        signal.set_wakeup_fd(previous)
+        os.close(read_fd)
+        os.close(write_fd)
+        return
+    _wakeup[:] = [read_fd, write_fd]
+    threading.Thread(target=_sigterm_watchdog, args=(read_fd,), daemon=True,
+                     name="azml_v1_bridge-sigterm").start()
+
+
+def _sigterm_watchdog(read_fd: int) -> None:
+    while True:
+        try:
+            data = os.read(read_fd, 64)
+        except OSError:
+            return
+        if not data:
+            return
+        if signal.SIGTERM not in data or _handled.wait(SIGTERM_GRACE):
+            continue  # another signal, or the main thread runs the handler
+        if PROCESS.closed or getattr(signal.getsignal(signal.SIGTERM), "_azml_v1_bridge", None) is None:
+            continue  # an exit under way keeps its own deadline; a handler of the user's is theirs
+        PROCESS.sigterm_at = time.monotonic()
+        try:
+            shutdown(status="KILLED")
+        finally:
+            os._exit(128 + signal.SIGTERM)
+
+
+def _forget_wakeup() -> None:
+    """A forked child: the parent's wakeup pipe is not this process's to watch."""
+    if _wakeup:
+        try:
+            current = signal.set_wakeup_fd(-1)
+            if current != _wakeup[1]:
+                signal.set_wakeup_fd(current)  # set since by someone else: theirs
+        except (ValueError, OSError):
+            pass
+        for fd in _wakeup:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        _wakeup.clear()
 
 
 def _release_dead_import_locks() -> None:

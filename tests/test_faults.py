@@ -357,6 +357,56 @@ def test_a_sigterm_sent_right_after_a_fork_is_not_lost(writer, tmp_path, sqlite_
     assert script.wait_line("statuses") == "statuses " + str([-signal.SIGTERM] * 10)
 
 
+BLOCKED_IN_C_SCRIPT = """
+import ctypes, multiprocessing as mp, os, sys, time
+import azml_v1_bridge
+from azureml.core import Run
+run = Run.get_context()
+
+
+def child(ready):
+    for s in range(50):
+        run.log("blocked", float(s))
+    mutex = ctypes.create_string_buffer(64)   # a zeroed pthread_mutex_t: a normal mutex
+    libc = ctypes.CDLL(None)
+    libc.pthread_mutex_lock(mutex)
+    ready.send(os.getpid())
+    libc.pthread_mutex_lock(mutex)  # this thread holds it: waits for ever, in C, deaf to signals
+    os._exit(7)
+
+
+if __name__ == "__main__":
+    run.log("main", 1.0)
+    r, w = mp.Pipe(duplex=False)
+    p = mp.get_context("fork").Process(target=child, args=(w,))
+    p.start()
+    pid = r.recv()
+    while "futex" not in open(f"/proc/{pid}/wchan").read():  # asleep in the mutex
+        time.sleep(0.01)
+    p.terminate()
+    p.join(60)
+    print("child", p.exitcode, flush=True)
+    if p.exitcode is None:
+        p.kill()
+        p.join()
+    print("parent", azml_v1_bridge.mlflow_run_id(run), flush=True)
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/wchan"), reason="needs /proc/PID/wchan")
+def test_a_sigterm_the_main_thread_never_handles_still_ends_a_worker(writer, tmp_path, sqlite_uri):
+    """A multiprocessing worker whose main thread is blocked in C for good when SIGTERM comes
+    (as a Pool worker that took the signal just before entering the task queue's lock, which
+    Pool.terminate() holds) never runs the Python handler: the bridge's watchdog ends it within
+    its grace and delivers its 50 points (before, it outlived the signal: exit code None)."""
+    script = run_bridged(BLOCKED_IN_C_SCRIPT, tmp_path, bridged_env(writer, sqlite_uri), timeout=150)
+    assert script.proc.returncode == 0, script.stderr[-4000:]
+    assert script.wait_line("child") == f"child {128 + signal.SIGTERM}", script.stderr[-4000:]
+    landed = run_pairs(client_for(sqlite_uri), script.wait_line("parent ").split()[1])
+    (key,) = [k for k in landed if k.startswith("blocked")]
+    assert key.startswith("blocked/fork_") and landed[key] == list(range(50))
+
+
 # ---------------------------------------------------------------- signals
 
 SIGTERM_SCRIPT = """

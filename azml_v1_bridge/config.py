@@ -5,8 +5,10 @@ package touches ``os.environ`` for its own settings.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import threading
 from dataclasses import dataclass
 from typing import Mapping
 
@@ -206,3 +208,31 @@ def mlflow_setting(name: str) -> str | None:
 
 # Python's own: `azml-v1-bridge run` puts the bootstrap folder (sitecustomize) first on it.
 PYTHONPATH = "PYTHONPATH"
+
+
+_quiet_lock = threading.Lock()
+_quiet_depth = 0
+
+
+@contextlib.contextmanager
+def quiet_progress_bars():
+    """No MLflow progress bars inside the block (in any thread: MLflow reads the variable
+    when it draws one); a value the user gave MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR stands, and
+    the variable is as it was once the last block (of any thread) ends."""
+    global _quiet_depth
+    name = MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR
+    with _quiet_lock:
+        users = _quiet_depth == 0 and name in os.environ
+        if not users:
+            _quiet_depth += 1
+            os.environ[name] = "false"
+    if users:
+        yield
+        return
+    try:
+        yield
+    finally:
+        with _quiet_lock:
+            _quiet_depth -= 1
+            if _quiet_depth == 0:
+                os.environ.pop(name, None)

@@ -1379,8 +1379,16 @@ def _normal_artifact(path: str) -> str:
 
 
 def read_record(uri: str, workdir: str) -> list[dict]:
-    """Every run of a store as plain data, nested under its parent."""
-    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"  # no bars in --check's output
+    """Every run of a store as plain data, nested under its parent. No progress bars in
+    --check's output while it reads; the caller's setting is back afterwards (the notebook
+    tests' processes inherited "false" from a pytest worker that had run a --check)."""
+    from azml_v1_bridge import config
+
+    with config.quiet_progress_bars():  # threads of --check read at once: one setting for all
+        return _read_record(uri, workdir)
+
+
+def _read_record(uri: str, workdir: str) -> list[dict]:
     from mlflow.artifacts import download_artifacts
     from mlflow.entities import ViewType
     from mlflow.tracking import MlflowClient

@@ -107,3 +107,14 @@ def run_script(code: str, tmp_path, env: dict | None = None, args=(), timeout=18
     cmd = (launcher or []) + [sys.executable, str(script), *args]
     return subprocess.run(cmd, cwd=tmp_path, env=full_env, capture_output=True, text=True,
                           timeout=timeout)
+
+
+@pytest.fixture(autouse=True)
+def _progress_bars_setting_left_as_found():
+    """Nothing the suite runs in-process may leave MLflow's progress-bar setting changed: the
+    scripts started later inherit it (a --check's "false" once turned the notebook tests'
+    control bar off)."""
+    name = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"  # cleared above: unset unless a test sets it
+    assert name not in os.environ, f"{name} left as {os.environ[name]!r} before this test"
+    yield
+    assert name not in os.environ, f"{name} left as {os.environ[name]!r}"

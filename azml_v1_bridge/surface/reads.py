@@ -22,14 +22,12 @@ gives None for a tag set without a value, as v1 did (MLflow stores "").
 """
 from __future__ import annotations
 
-import contextlib
 import datetime
 import json
 import os
 import posixpath
 import re
 import tempfile
-import threading
 import time
 import weakref
 
@@ -56,31 +54,7 @@ _refetched: set = set()  # local ids of records bound to an existing MLflow run 
 UNMAPPED_SECONDS = 30.0
 
 
-_quiet_lock = threading.Lock()
-_quiet_depth = 0
-
-
-@contextlib.contextmanager
-def quiet():
-    """No MLflow progress bars while the bridge reads files for a v1 call (v1's reads print
-    nothing); a value the user gave MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR stands."""
-    global _quiet_depth
-    name = config.MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR
-    with _quiet_lock:
-        users = _quiet_depth == 0 and name in os.environ
-        if not users:
-            _quiet_depth += 1
-            os.environ[name] = "false"
-    if users:
-        yield
-        return
-    try:
-        yield
-    finally:
-        with _quiet_lock:
-            _quiet_depth -= 1
-            if _quiet_depth == 0:
-                os.environ.pop(name, None)
+quiet = config.quiet_progress_bars  # the bridge's reads print no bars (v1's print nothing)
 
 
 class NotMapped(Exception):

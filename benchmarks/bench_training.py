@@ -303,8 +303,6 @@ def worker_train(args) -> dict:
             # the writer starts before the blocks: its start-up (a process importing MLflow)
             # inside the first form's first block made that form look 1.5% dearer than the
             # same call under another name; start-up is the log variant's and bench_startup's
-            import azml_v1_bridge
-
             run.log("warm_up", 0.0)
             azml_v1_bridge.flush()
         for b, (form, logging_block) in enumerate(form_schedule(steps // PAIR_BLOCK)):

@@ -167,7 +167,7 @@ def _file_model(t, model_name: str, path: str):
     artifacts (MLflow 2), so that models:/name/version downloads the file."""
     import uuid
 
-    with tempfile.TemporaryDirectory(prefix="azml_v1_bridge-model-") as tmp, reads.quiet():
+    with tempfile.TemporaryDirectory(prefix="azml_v1_bridge-model-") as tmp, config.quiet_progress_bars():
         local = t.client.download_artifacts(t.run_id, path, tmp)
         if hasattr(t.client, "create_logged_model"):
             logged = t.client.create_logged_model(t.run.info.experiment_id, name=model_name,
@@ -348,7 +348,7 @@ def _model_download(wrapped, instance, args, kwargs):
     import mlflow
 
     os.makedirs(target_dir, exist_ok=True)
-    with reads.quiet():
+    with config.quiet_progress_bars():
         return mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=target_dir,
                                                    tracking_uri=reads._client(None).tracking_uri)
 

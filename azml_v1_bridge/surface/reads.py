@@ -54,9 +54,6 @@ _refetched: set = set()  # local ids of records bound to an existing MLflow run 
 UNMAPPED_SECONDS = 30.0
 
 
-quiet = config.quiet_progress_bars  # the bridge's reads print no bars (v1's print nothing)
-
-
 class NotMapped(Exception):
     """This v1 run has no MLflow run: v1 answers the read itself."""
 
@@ -361,7 +358,7 @@ def _rank_variants(t: Target, path: str) -> list:
 
 
 def _download_bytes(t: Target, path: str) -> bytes | None:
-    with tempfile.TemporaryDirectory(prefix="azml_v1_bridge-read-") as tmp, quiet():
+    with tempfile.TemporaryDirectory(prefix="azml_v1_bridge-read-") as tmp, config.quiet_progress_bars():
         try:
             local = t.client.download_artifacts(t.run_id, path, tmp)
         except Exception:
@@ -539,7 +536,7 @@ def _fetch(t: Target, name: str, output_file_path: str) -> None:
     a rename: a reader never sees half a file)."""
     folder = os.path.dirname(os.path.abspath(output_file_path))
     os.makedirs(folder, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".azml_v1_bridge-download-", dir=folder) as tmp, quiet():
+    with tempfile.TemporaryDirectory(prefix=".azml_v1_bridge-download-", dir=folder) as tmp, config.quiet_progress_bars():
         local = t.client.download_artifacts(t.run_id, name, tmp)
         os.replace(local, output_file_path)
 

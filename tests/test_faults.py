@@ -370,7 +370,7 @@ def child(ready):
     mutex = ctypes.create_string_buffer(64)   # a zeroed pthread_mutex_t: a normal mutex
     libc = ctypes.CDLL(None)
     libc.pthread_mutex_lock(mutex)
-    ready.send(os.getpid())
+    ready.send((os.getpid(), ctypes.addressof(mutex)))
     libc.pthread_mutex_lock(mutex)  # this thread holds it: waits for ever, in C, deaf to signals
     os._exit(7)
 
@@ -380,8 +380,10 @@ if __name__ == "__main__":
     r, w = mp.Pipe(duplex=False)
     p = mp.get_context("fork").Process(target=child, args=(w,))
     p.start()
-    pid = r.recv()
-    while "futex" not in open(f"/proc/{pid}/wchan").read():  # asleep in the mutex
+    pid, mutex = r.recv()
+    # asleep in that mutex: a futex wait on its address (a wchan of "futex" alone is also
+    # the GIL's wait, where the handler still runs: under load the test then saw exit -15)
+    while open(f"/proc/{pid}/syscall").read().split()[1:2] != [hex(mutex)]:
         time.sleep(0.01)
     p.terminate()
     p.join(60)
@@ -393,7 +395,7 @@ if __name__ == "__main__":
 """
 
 
-@pytest.mark.skipif(not os.path.exists("/proc/self/wchan"), reason="needs /proc/PID/wchan")
+@pytest.mark.skipif(not os.path.exists("/proc/self/syscall"), reason="needs /proc/PID/syscall")
 def test_a_sigterm_the_main_thread_never_handles_still_ends_a_worker(writer, tmp_path, sqlite_uri):
     """A multiprocessing worker whose main thread is blocked in C for good when SIGTERM comes
     (as a Pool worker that took the signal just before entering the task queue's lock, which

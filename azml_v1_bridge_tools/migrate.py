@@ -31,6 +31,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 from dataclasses import dataclass, field
 
 import libcst as cst
@@ -1556,6 +1557,61 @@ def _check_tmp(folder: str) -> str:
     raise OSError(f"no writable temp folder outside {folder} (set TMPDIR to one)")
 
 
+_template_lock = threading.Lock()
+_template: list = []  # [path of the empty store this process made], once made
+
+
+def _template_store(folder: str) -> str:
+    """An empty sqlite store with MLflow's schema, made once per process (outside `folder`, as
+    the check's own temp folder): each side of each check gets a copy instead of running
+    MLflow's schema migrations (~1 s of CPU a store)."""
+    with _template_lock:
+        if not _template:
+            import atexit
+            import logging
+
+            from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+            made = _check_tmp(folder)
+            atexit.register(shutil.rmtree, made, True)
+            path = os.path.join(made, "mlflow.db")
+            loggers = [logging.getLogger(n) for n in ("mlflow.store.db.utils", "alembic")]
+            levels = [lg.level for lg in loggers]
+            for lg in loggers:  # "Creating initial MLflow database tables..." is not --check's
+                lg.setLevel(logging.WARNING)
+            try:
+                SqlAlchemyStore(f"sqlite:///{path}", os.path.join(made, "mlruns")).engine.dispose()
+            finally:
+                for lg, level in zip(loggers, levels):
+                    lg.setLevel(level)
+            _template.append(path)
+        return _template[0]
+
+
+def _empty_store(store: str, work: str, python: str, folder: str) -> None:
+    """store/mlflow.db: a copy of the template whose Default experiment keeps its artifacts
+    where a store the script made itself would (`work`/mlruns), when the script runs on this
+    interpreter (the same MLflow, the same schema); otherwise the script makes its own."""
+    if os.path.abspath(python) != os.path.abspath(sys.executable):  # not realpath: venvs share one
+        return
+    import sqlite3
+
+    target = os.path.join(store, "mlflow.db")
+    try:
+        template = _template_store(folder)
+        shutil.copyfile(template, target)
+        made = os.path.dirname(template)
+        with sqlite3.connect(target) as db:
+            for eid, location in db.execute("SELECT experiment_id, artifact_location FROM experiments").fetchall():
+                if location and made in location:
+                    db.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = ?",
+                               (location.replace(made, work), eid))
+        db.close()
+    except Exception:  # the script then makes its own store, as without a template
+        if os.path.exists(target):
+            os.remove(target)
+
+
 def _copy_tree(src: str, dst: str, avoid: str | None = None) -> None:
     """The script's folder for one side: small files copied, big ones linked, never `avoid`
     (the check's own temp folder) nor CHECK_SKIP."""
@@ -1696,6 +1752,7 @@ def _check_in(script, folder, tmp, args, timeout, result, python, script_name=No
         target = os.path.join(work, *name.split("/"))
         store = os.path.join(tmp, side + "-store")
         os.makedirs(store)
+        _empty_store(store, os.path.dirname(target), python, folder)
         uri = f"sqlite:///{store}/mlflow.db"
         env = {k: v for k, v in os.environ.items()
                if not k.startswith("AZML_V1_BRIDGE_") and k not in (

@@ -388,6 +388,31 @@ def test_check_with_tmpdir_inside_the_scripts_folder(tmp_path, monkeypatch):
     assert os.listdir(project / "tmp") == []  # nothing left behind, nothing copied into itself
 
 
+def test_check_gives_each_side_an_empty_store_of_its_own(tmp_path, capsys):
+    """Each side runs against its own empty store (a copy of one made once per process), whose
+    Default experiment keeps artifacts in that side's folder, as a store the script made
+    itself would; MLflow's schema messages are not --check's output."""
+    import sqlite3
+
+    script = tmp_path / "train.py"
+    script.write_text("from azureml.core import Run\nrun = Run.get_context()\n"
+                      "run.log('loss', 0.5)\nrun.complete()\n")
+    for _ in range(2):  # the second check copies the same template again
+        result = migrate.check(str(script), timeout=300, keep=True)
+        assert result.equal and not result.failures, result.report()
+        err = capsys.readouterr().err
+        assert "database tables" not in err, err
+        kept = err.split("kept ")[1].split()[0]
+        for side in ("original", "migrated"):
+            db = sqlite3.connect(os.path.join(kept, side + "-store", "mlflow.db"))
+            (location,) = db.execute("SELECT artifact_location FROM experiments WHERE experiment_id = 0").fetchone()
+            (runs,) = db.execute("SELECT count(*) FROM runs").fetchone()
+            db.close()
+            assert location.startswith(os.path.join(kept, side) + os.sep), location
+            assert runs == 1
+        shutil.rmtree(kept)
+
+
 def test_check_reports_a_failing_script_in_one_line(tmp_path):
     script = tmp_path / "broken.py"
     script.write_text("from azureml.core import Run\nrun = Run.get_context()\nrun.log('x', 1)\n"

@@ -1558,10 +1558,10 @@ def _check_tmp(folder: str) -> str:
 
 
 _template_lock = threading.Lock()
-_template: list = []  # [path of the empty store this process made], once made
+_template: list = []  # [path of the empty store this process made, or None: it could not]
 
 
-def _template_store(folder: str) -> str:
+def _template_store(folder: str) -> str | None:
     """An empty sqlite store with MLflow's schema, made once per process (outside `folder`, as
     the check's own temp folder): each side of each check gets a copy instead of running
     MLflow's schema migrations (~1 s of CPU a store)."""
@@ -1570,17 +1570,19 @@ def _template_store(folder: str) -> str:
             import atexit
             import logging
 
-            from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
-
-            made = _check_tmp(folder)
-            atexit.register(shutil.rmtree, made, True)
-            path = os.path.join(made, "mlflow.db")
             loggers = [logging.getLogger(n) for n in ("mlflow.store.db.utils", "alembic")]
             levels = [lg.level for lg in loggers]
             for lg in loggers:  # "Creating initial MLflow database tables..." is not --check's
                 lg.setLevel(logging.WARNING)
             try:
+                from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+                made = _check_tmp(folder)
+                atexit.register(shutil.rmtree, made, True)
+                path = os.path.join(made, "mlflow.db")
                 SqlAlchemyStore(f"sqlite:///{path}", os.path.join(made, "mlruns")).engine.dispose()
+            except Exception:  # once (mlflow-skinny without SQLAlchemy, say): scripts make their own
+                path = None
             finally:
                 for lg, level in zip(loggers, levels):
                     lg.setLevel(level)
@@ -1599,6 +1601,8 @@ def _empty_store(store: str, work: str, python: str, folder: str) -> None:
     target = os.path.join(store, "mlflow.db")
     try:
         template = _template_store(folder)
+        if template is None:
+            return
         shutil.copyfile(template, target)
         made = os.path.dirname(template)
         with sqlite3.connect(target) as db:

@@ -168,11 +168,12 @@ def lean_log(instance, args, kwargs) -> bool:
     if (record is None or writer is None or record.local_id not in writer.records
             or record.muted or _INSIDE.get()):
         return False
+    ms = int(_time() * 1000)  # before the value is read, as in _bound_log
     point = log_point(record.state, args[0], args[1], step)
     if point is None:
         return False
     key = series_key(record, args[0]) if record.key_suffix or record.adopted else args[0]
-    writer.put((record.local_id, "log", key, point[0], int(_time() * 1000), point[1]))
+    writer.put((record.local_id, "log", key, point[0], ms, point[1]))
     return True
 
 
@@ -292,6 +293,10 @@ def _bound_log(instance, cls, record, writer, generation, v1_log):
                 entry = known[name] = (series_key(record, name),
                                        record.state.steps.setdefault(name, itertools.count()))
             if entry is not None:
+                # the timestamp before the value is read: a float made from a numpy scalar
+                # and then outlived by the timestamp's temporaries cost a ~100 us loop 3%
+                # (benchmarks/experiments/NOTES.md, session 10), the other order nothing
+                ms = int(now() * 1000)
                 t = type(value)
                 if t is float:
                     number = value
@@ -305,7 +310,7 @@ def _bound_log(instance, cls, record, writer, generation, v1_log):
                 else:
                     number = to_number(value)
                 if number is not None:
-                    append((lid, "log", entry[0], number, int(now() * 1000),
+                    append((lid, "log", entry[0], number, ms,
                             next(entry[1]) if step is None else step))
                     if len(queue) % WAKE_EVERY == 0:
                         nudge()

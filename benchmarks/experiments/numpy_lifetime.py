@@ -1,8 +1,9 @@
 """Session 10 (issue 27): does a numpy scalar made in the call cost a cache-cold loop without the
 bridge? Paired ABBA blocks, CPU time, a ~100 us pure-Python step; the sink does what the bound
 run.log does (float() the value, append a 6-tuple). Usage: python numpy_lifetime.py [forms] [cycles]
-Result 2026-12-08 (20 cycles): a fresh scalar costs no more than a float (float 1.026, np_in_call 1.009,
-np_user_float 1.015; A/A 1.002)."""
+Result 2026-12-08 (20 cycles, taken while the test suite ran): no difference (float 1.026, np_in_call
+1.009, np_user_float 1.015; A/A 1.002). Too noisy: the quiet 16-round sink runs inside the forms
+benchmark (numpy-sinks.patch, NOTES.md session 10) found the 3% and its cause (the timestamp's order)."""
 import statistics, sys, time
 import numpy as np
 
